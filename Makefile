@@ -1,0 +1,33 @@
+# Two commands a fresh machine needs: `make demo` and `make test`. Each builds .venv with pip when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-all bench venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m experiments.demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m ""
+
+bench: $(STAMP)
+	@for f in experiments/bench/*.py; do \
+	  m=$$(echo $$f | sed 's|/|.|g; s|\.py$$||'); \
+	  echo "# $$m" >&2; $(PY) -m $$m || exit 1; \
+	done
+
+clean:
+	rm -rf $(VENV) build *.egg-info
