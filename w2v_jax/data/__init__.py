@@ -1,0 +1,2 @@
+"""Datasets: TFDS ArrayRecord writing/reading (``array_record``), Grain pipelines
+(``pipeline``) and the toy LM's synthetic dataset (``synthetic``)."""

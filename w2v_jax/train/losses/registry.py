@@ -1,0 +1,62 @@
+"""Registry of training losses.
+
+A loss is a pure function ``fn(model, batch, rng) -> (loss, aux)``:
+
+* ``model``: the ``nnx.Module`` being trained (parameters already merged in);
+* ``batch``: a dict of arrays with a leading batch dimension (one micro-batch);
+* ``rng``: a ``jax.random`` key private to this micro-batch and step;
+* ``loss``: scalar f32, the micro-batch objective (used for reporting only);
+* ``aux``: dict of scalar f32 arrays. It must hold ``aux["loss_sum"]`` (the *sum* of the
+  per-unit losses, e.g. token cross-entropies times their weights) and ``aux["weight"]``
+  (the matching denominator, e.g. the number of target tokens), so that
+  ``loss == loss_sum / weight``. The Trainer differentiates ``sum(loss_sum) / sum(weight)``
+  over all micro-batches, which makes k-micro-batch accumulation equal to one big batch.
+  Every other aux entry should also be a sum; the Trainer sums it over micro-batches and
+  reports it as is, except that a key ``<name>_sum`` is reported as ``<name>`` =
+  ``<name>_sum / weight`` (e.g. ``accuracy_sum`` -> ``accuracy``).
+  ``aux["tokens"]`` (optional) counts tokens for the ``tokens_per_s`` metric.
+
+Register with the decorator and look up by name::
+
+    @register_loss("my_loss")
+    def my_loss(model, batch, rng): ...
+
+    fn = get_loss("my_loss")
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+
+LossFn = Callable[[Any, dict, jax.Array], tuple[jax.Array, dict]]
+
+_LOSSES: dict[str, LossFn] = {}
+
+
+def register_loss(name: str) -> Callable[[LossFn], LossFn]:
+    """Decorator registering ``fn`` under ``name`` (ValueError if the name is taken)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"loss name must be a non-empty str, got {name!r}")
+
+    def decorator(fn: LossFn) -> LossFn:
+        if name in _LOSSES and _LOSSES[name] is not fn:
+            raise ValueError(f"loss {name!r} is already registered (by {_LOSSES[name]!r})")
+        _LOSSES[name] = fn
+        return fn
+
+    return decorator
+
+
+def get_loss(name: str) -> LossFn:
+    """The loss registered as ``name``; ValueError listing the registered names otherwise."""
+    if name not in _LOSSES:
+        raise ValueError(
+            f"loss={name!r} is not registered; registered losses: {registered_losses()}"
+        )
+    return _LOSSES[name]
+
+
+def registered_losses() -> list[str]:
+    """Sorted names of all registered losses."""
+    return sorted(_LOSSES)
