@@ -1,0 +1,387 @@
+"""Posed clips: procedural scenes x trajectories, rendered and written as TFDS array_record.
+
+One clip = one scene, one start camera, one trajectory (``actions.sample_scene_trajectories``: every
+trajectory kind once per scene). All frames of the integrated trajectory are rendered; a clip is
+stored with a FIXED frame count ``max_frames`` (static shapes for training):
+  - ``frame_mask`` (T,) marks the real frames; padded frames are zeros, their c2w repeats the last
+    real pose, their ``frame_index`` is -1;
+  - a trajectory longer than ``max_frames`` keeps all its key frames (segment ends) plus evenly
+    spaced frames (``select_frames``); ``frame_index`` gives each stored frame's index in the full
+    trajectory, ``key_frames`` the stored positions of the key frames (-1 padded).
+The room trajectory config needs at most 27 frames, so with the default ``max_frames=32`` nothing is
+dropped.
+
+Splits are by scene: each scene seed goes to exactly one of ``train`` / ``eval``. The files are
+written by ``w2v_jax.data.array_record`` (TFDS without TensorFlow); ``features`` lists the fields.
+Layout: ``OUT/posed_clips/1.0.0/`` (TFDS) and ``OUT/generation.json`` (options, scene seeds per
+split). Read with ``load_clips(OUT, split)`` or ``tfds.data_source("posed_clips", data_dir=OUT,
+split=...)``; both give a random-access source for ``grain.MapDataset.source``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import shutil
+import tempfile
+from typing import Sequence
+
+import numpy as np
+
+from w2v_jax import actions, geometry
+from w2v_jax.sim import scene as scene_lib
+from w2v_jax.sim.render import render_views
+
+DATASET_NAME = "posed_clips"
+VERSION = "1.0.0"
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipConfig:
+    """Static options of a clip dataset (all clips share the shapes they imply).
+
+    resolution: square image side in pixels; hfov_deg: horizontal field of view (90 = World2VLM's
+    simulated setting); supersample: rays per pixel side for rgb anti-aliasing; max_frames: stored
+    frames per clip (T); max_objects: object slots per scene (K); num_objects: (min, max) objects
+    per scene; trajectory: grids of the sampled trajectories; render_chunk: cameras per jitted
+    render call; wall_margin / object_margin: clearance (metres) every camera position of a clip
+    keeps from the walls and from object footprints.
+    """
+
+    resolution: int = 64
+    hfov_deg: float = 90.0
+    supersample: int = 2
+    max_frames: int = 32
+    max_objects: int = 10
+    num_objects: tuple[int, int] = (3, 10)
+    trajectory: actions.TrajectoryConfig = actions.TrajectoryConfig.room()
+    render_chunk: int = 32
+    wall_margin: float = 0.25
+    object_margin: float = 0.25
+
+    def __post_init__(self):
+        for name in ("resolution", "supersample", "max_frames", "max_objects", "render_chunk"):
+            v = getattr(self, name)
+            if int(v) != v or v < 1:
+                raise ValueError(f"ClipConfig.{name} must be a positive integer, got {v!r}")
+        if self.max_frames < self.max_keys:
+            raise ValueError(
+                f"ClipConfig.max_frames={self.max_frames} must hold the {self.max_keys} "
+                "key frames of the longest trajectory"
+            )
+        if not 0.0 < self.hfov_deg < 180.0:
+            raise ValueError(f"ClipConfig.hfov_deg must be in (0, 180), got {self.hfov_deg}")
+
+    @property
+    def max_keys(self) -> int:
+        """Key frames of the longest trajectory kind: its action count + 1."""
+        return 1 + max([1] + [len(steps) for _, steps in self.trajectory.presets])
+
+    @property
+    def K(self) -> np.ndarray:
+        return geometry.intrinsics_from_hfov(self.resolution, self.resolution, self.hfov_deg)
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["trajectory"] = repr(self.trajectory)
+        return d
+
+
+# ------------------------------------------------------------------------- seeds and splits
+
+
+def scene_seeds(seed: int, num_scenes: int) -> list[int]:
+    """``num_scenes`` distinct scene seeds (uint32) derived from the run ``seed``."""
+    if num_scenes < 1:
+        raise ValueError(f"num_scenes must be >= 1, got {num_scenes}")
+    seeds, out, i = set(), [], 0
+    while len(out) < num_scenes:
+        s = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
+        i += 1
+        if s not in seeds:
+            seeds.add(s)
+            out.append(s)
+    return out
+
+
+def split_scenes(
+    seeds: Sequence[int], eval_fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Disjoint (train, eval) lists of scene seeds. ``round(eval_fraction * N)`` scenes go to eval
+    (at least one when the fraction is > 0 and N >= 2, and at least one scene stays in train)."""
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    n = len(seeds)
+    n_eval = int(round(eval_fraction * n))
+    if eval_fraction > 0 and n >= 2:
+        n_eval = min(max(n_eval, 1), n - 1)
+    n_eval = min(n_eval, n - 1)
+    order = np.random.default_rng([int(seed), 0xE7A1]).permutation(n)
+    eval_idx = set(order[:n_eval].tolist())
+    train = [s for i, s in enumerate(seeds) if i not in eval_idx]
+    evals = [s for i, s in enumerate(seeds) if i in eval_idx]
+    return train, evals
+
+
+# ------------------------------------------------------------------------------ one scene
+
+
+def select_frames(num_frames: int, key_frames: Sequence[int], max_frames: int) -> np.ndarray:
+    """Indices (sorted, unique) of at most ``max_frames`` frames out of ``num_frames``: all of them
+    when they fit, otherwise every key frame plus evenly spaced others."""
+    if num_frames <= max_frames:
+        return np.arange(num_frames)
+    keys = sorted(set(int(k) for k in key_frames))
+    if len(keys) > max_frames:
+        raise ValueError(f"{len(keys)} key frames do not fit in max_frames={max_frames}")
+    chosen = set(keys)
+    # fill the remaining slots with the frames closest to an even spacing, skipping duplicates
+    need = max_frames - len(chosen)
+    rest = [i for i in range(num_frames) if i not in chosen]
+    picks = np.linspace(0, len(rest) - 1, need).round().astype(int) if need > 0 else []
+    chosen.update(rest[p] for p in picks)
+    return np.array(sorted(chosen))
+
+
+def plan_clip(
+    scene: scene_lib.Scene,
+    scene_seed: int,
+    index: int,
+    kind: str,
+    config: ClipConfig,
+    max_attempts: int = 400,
+):
+    """Trajectory of ``kind`` and start camera for clip ``index`` of a scene, such that every camera
+    position keeps the configured clearance. Returns ``(trajectory, c2w (N,4,4), key_frames)``.
+
+    Each attempt draws a new start camera; every 50 failed attempts the trajectory's values are
+    redrawn too (so a move too long for the room is eventually replaced). Deterministic."""
+    for attempt in range(max_attempts):
+        traj = actions.sample_trajectory(
+            np.random.default_rng([scene_seed, index, attempt // 50, 1]), config.trajectory, kind
+        )
+        cam_seed = int(np.random.SeedSequence([scene_seed, index, attempt, 2]).generate_state(1)[0])
+        c2w0 = scene_lib.sample_camera(cam_seed, scene)
+        poses, keys = actions.integrate(traj.actions, c2w0)
+        if np.all(
+            scene_lib.free_space(scene, poses[:, :2, 3], config.wall_margin, config.object_margin)
+        ):
+            return traj, poses, keys
+    raise RuntimeError(
+        f"no collision-free start camera for a {kind!r} trajectory in scene "
+        f"{scene_seed} after {max_attempts} attempts"
+    )
+
+
+def _render_all(scene, c2ws: np.ndarray, config: ClipConfig) -> dict:
+    """Render (N,4,4) cameras in fixed-size chunks (one compilation); numpy outputs, leading N."""
+    n, chunk = len(c2ws), config.render_chunk
+    padded = np.concatenate([c2ws, np.repeat(c2ws[-1:], (-n) % chunk, 0)])
+    parts = []
+    for start in range(0, len(padded), chunk):
+        out = render_views(
+            scene,
+            padded[start : start + chunk],
+            config.K,
+            config.resolution,
+            config.resolution,
+            config.supersample,
+        )
+        parts.append({k: np.asarray(v) for k, v in out.items()})
+    return {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+
+
+def _pad(x: np.ndarray, length: int, fill) -> np.ndarray:
+    pad = np.full((length - len(x),) + x.shape[1:], fill, x.dtype)
+    return np.concatenate([x, pad])
+
+
+def make_scene_clips(scene_seed: int, config: ClipConfig) -> list[dict]:
+    """All clips of one scene (one per trajectory kind) as feature dicts of numpy arrays / str."""
+    scene = scene_lib.sample_scene(
+        scene_seed, num_objects=config.num_objects, max_objects=config.max_objects
+    )
+    meta = json.dumps(scene_lib.scene_metadata(scene), separators=(",", ":"))
+    traj_rng = np.random.default_rng([scene_seed, 7])
+    plans = []
+    for index, traj in enumerate(actions.sample_scene_trajectories(traj_rng, config.trajectory)):
+        traj, poses, keys = plan_clip(scene, scene_seed, index, traj.kind, config)
+        kept = select_frames(len(poses), keys, config.max_frames)
+        plans.append((traj, poses[kept], kept, [int(np.searchsorted(kept, k)) for k in keys]))
+    views = _render_all(scene, np.concatenate([p[1] for p in plans]), config)
+    clips, start = [], 0
+    T = config.max_frames
+    for traj, c2w, kept, keys in plans:
+        n = len(c2w)
+        v = {k: x[start : start + n] for k, x in views.items()}
+        start += n
+        clips.append(
+            dict(
+                clip_id=f"{scene_seed}_{traj.kind}",
+                scene_seed=np.int64(scene_seed),
+                kind=traj.kind,
+                actions=traj.text(),
+                num_frames=np.int32(n),
+                frame_mask=_pad(np.ones(n, bool), T, False),
+                frame_index=_pad(kept.astype(np.int32), T, -1),
+                key_frames=_pad(np.asarray(keys, np.int32), config.max_keys, -1),
+                frames=_pad(np.round(v["rgb"] * 255.0).astype(np.uint8), T, 0),
+                depth=_pad(v["depth"].astype(np.float16), T, 0),
+                instance=_pad(v["instance"].astype(np.int8), T, -1),
+                c2w=np.concatenate([c2w, np.repeat(c2w[-1:], T - n, 0)]).astype(np.float32),
+                K=config.K.astype(np.float32),
+                visible_pixels=_pad(v["visible_pixels"].astype(np.int32), T, 0),
+                box=_pad(v["box"].astype(np.int16), T, -1),
+                amodal_box=_pad(v["amodal_box"].astype(np.int16), T, -1),
+                in_frustum=_pad(v["in_frustum"], T, False),
+                scene=meta,
+            )
+        )
+    return clips
+
+
+# --------------------------------------------------------------------------------- TFDS
+
+
+def features(config: ClipConfig) -> dict:
+    """Field -> TFDS feature of a clip (T = max_frames, H = W = resolution, K = max_objects).
+
+    clip_id '<scene_seed>_<kind>'; scene_seed (sim.sample_scene's seed); kind (an action name or a
+    preset name); actions (text, e.g. 'move forward 1.2 meters; turn left 30 degrees');
+    num_frames (real frames); frame_mask (T,); frame_index (T,) index in the full trajectory, -1
+    padding; key_frames (max_keys,) stored positions of segment ends, -1 padding; frames uint8
+    (T,H,W,3); depth float16 (T,H,W) metres; instance int8 (T,H,W) slot or -1; c2w (T,4,4); K (3,3);
+    visible_pixels (T,K); box / amodal_box int16 (T,K,4) 0-1000 or -1; in_frustum (T,K); scene
+    (JSON of sim.scene_metadata: room and objects with slot, name, 3D box corners).
+    """
+    from w2v_jax.data import array_record as ar
+
+    T, R, K = config.max_frames, config.resolution, config.max_objects
+    return {
+        "clip_id": ar.text_feature(),
+        "scene_seed": ar.tensor_feature((), np.int64),
+        "kind": ar.text_feature(),
+        "actions": ar.text_feature(),
+        "num_frames": ar.tensor_feature((), np.int32),
+        "frame_mask": ar.tensor_feature((T,), np.bool_),
+        "frame_index": ar.tensor_feature((T,), np.int32),
+        "key_frames": ar.tensor_feature((config.max_keys,), np.int32),
+        "frames": ar.tensor_feature((T, R, R, 3), np.uint8, encoding="zlib"),
+        "depth": ar.tensor_feature((T, R, R), np.float16, encoding="zlib"),
+        "instance": ar.tensor_feature((T, R, R), np.int8, encoding="zlib"),
+        "c2w": ar.tensor_feature((T, 4, 4), np.float32),
+        "K": ar.tensor_feature((3, 3), np.float32),
+        "visible_pixels": ar.tensor_feature((T, K), np.int32),
+        "box": ar.tensor_feature((T, K, 4), np.int16),
+        "amodal_box": ar.tensor_feature((T, K, 4), np.int16),
+        "in_frustum": ar.tensor_feature((T, K), np.bool_),
+        "scene": ar.text_feature(),
+    }
+
+
+def write_clips(
+    out_dir: str,
+    num_scenes: int,
+    seed: int,
+    config: ClipConfig = ClipConfig(),
+    eval_fraction: float = 0.1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Render ``num_scenes`` scenes' clips into ``out_dir`` (see the module docstring for layout).
+
+    The TFDS files are written by ``w2v_jax.data.array_record.write_dataset`` into a temporary
+    sibling directory that replaces ``out_dir`` only at the end, so a failed run leaves nothing
+    behind. Raises FileExistsError when ``out_dir`` exists and is not empty, unless ``overwrite``.
+    Returns ``{"path", "builder_dir", "splits": {name: clips}, "scene_seeds": {name: [...]}}``.
+    """
+    from tqdm.auto import tqdm
+
+    from w2v_jax.data import array_record as ar
+
+    out_dir = os.path.abspath(out_dir)
+    exists = os.path.exists(out_dir)
+    if exists and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
+        raise FileExistsError(
+            f"--out {out_dir} already exists and is not empty; pass --overwrite "
+            "(overwrite=True) to replace it"
+        )
+    train, evals = split_scenes(scene_seeds(seed, num_scenes), eval_fraction, seed)
+    splits = {"train": train, "eval": evals}
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        with tqdm(
+            total=num_scenes, desc="render scenes", unit="scene", disable=not progress
+        ) as bar:
+
+            def examples(seeds):
+                def generate():
+                    for s in seeds:
+                        yield from make_scene_clips(s, config)
+                        bar.update(1)
+
+                return generate
+
+            # TFDS prints its (temporary) target directory; the caller reports the final one
+            with contextlib.redirect_stdout(io.StringIO()):
+                ar.write_dataset(
+                    tmp,
+                    DATASET_NAME,
+                    features(config),
+                    {name: examples(s) for name, s in splits.items() if s},
+                    version=VERSION,
+                    description="Procedural rooms rendered along World2VLM trajectories "
+                    "(w2v_jax.sim.clips). Options: " + json.dumps(config.to_json()),
+                )
+        shutil.rmtree(os.path.join(tmp, "downloads"), ignore_errors=True)
+        tmp_builder = os.path.join(tmp, DATASET_NAME, VERSION)
+        counts = {name: len(ar.open_split(tmp_builder, name)) for name, s in splits.items() if s}
+        with open(os.path.join(tmp, "generation.json"), "w") as f:
+            json.dump(
+                dict(
+                    dataset=DATASET_NAME,
+                    version=VERSION,
+                    seed=int(seed),
+                    num_scenes=int(num_scenes),
+                    eval_fraction=float(eval_fraction),
+                    config=config.to_json(),
+                    clips=counts,
+                    scene_seeds=splits,
+                ),
+                f,
+                indent=1,
+            )
+        if exists:  # swap: move the old one aside, rename, then delete it
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
+            os.replace(out_dir, os.path.join(old, "previous"))
+            try:
+                os.replace(tmp, out_dir)
+            except BaseException:
+                os.replace(os.path.join(old, "previous"), out_dir)
+                shutil.rmtree(old, ignore_errors=True)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dict(path=out_dir, builder_dir=builder_dir(out_dir), splits=counts, scene_seeds=splits)
+
+
+def builder_dir(out_dir: str) -> str:
+    """``OUT/posed_clips/1.0.0``: the directory for ``tfds.builder_from_directory``."""
+    return os.path.join(os.path.abspath(out_dir), DATASET_NAME, VERSION)
+
+
+def load_clips(out_dir: str, split: str):
+    """Random-access source (``len``, ``[i]`` -> dict of numpy) of one split; feed it to
+    ``grain.MapDataset.source``. Text features come back as bytes."""
+    from w2v_jax.data import array_record as ar
+
+    return ar.open_split(builder_dir(out_dir), split)
