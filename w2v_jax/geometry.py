@@ -180,7 +180,11 @@ def opencv_to_opengl(c2w):
 
 
 def boxes_to_1000(boxes_xyxy, width: int, height: int):
-    """Pixel boxes (..., 4) [x1, y1, x2, y2] -> ints in 0..1000 (``round(v / size * 1000)``, clamped)."""
-    b = np.asarray(boxes_xyxy, np.float64)
-    scale = np.array([width, height, width, height], np.float64)
-    return np.clip(np.rint(b / scale * 1000.0), 0, 1000).astype(np.int32)
+    """Pixel boxes (..., 4) [x1, y1, x2, y2] -> int32 in 0..1000 (``round(v / size * 1000)``, clamped).
+
+    Rounds half to even like Python's ``round`` in the official code; numpy or jax (jit-able).
+    """
+    xp = _xp(boxes_xyxy)
+    b = xp.asarray(boxes_xyxy, dtype=xp.float32 if xp is jnp else np.float64)
+    scale = xp.asarray([width, height, width, height], dtype=b.dtype)
+    return xp.clip(xp.rint(b / scale * 1000.0), 0, 1000).astype(xp.int32)

@@ -238,12 +238,6 @@ def _shade(scene: Scene, c2w, K, height: int, width: int, geo: dict):
     return jnp.clip(albedo * light[:, None], 0.0, 1.0).reshape(height, width, 3)
 
 
-def _boxes_1000(boxes, width: int, height: int):
-    """Pixel boxes (...,4) -> ints 0..1000: ``geometry.boxes_to_1000``'s rule, in jax."""
-    scale = jnp.array([width, height, width, height], jnp.float32)
-    return jnp.clip(jnp.round(boxes / scale * 1000.0), 0, 1000).astype(jnp.int32)
-
-
 def _modal_boxes(instance, num_slots: int):
     """Per slot: visible pixel count (K,) and tight pixel box (K,4) [x1, y1, x2, y2] of its mask
     (pixel edges, so a single pixel (i, j) gives [j, i, j+1, i+1])."""
@@ -339,8 +333,8 @@ def _render_one(scene: Scene, c2w, K, height: int, width: int, supersample: int)
         instance=instance,
         visible_pixels=visible_pixels,
         visible=visible,
-        box=jnp.where(visible[:, None], _boxes_1000(modal, width, height), -1),
-        amodal_box=jnp.where(in_frustum[:, None], _boxes_1000(amodal, width, height), -1),
+        box=jnp.where(visible[:, None], geometry.boxes_to_1000(modal, width, height), -1),
+        amodal_box=jnp.where(in_frustum[:, None], geometry.boxes_to_1000(amodal, width, height), -1),
         in_frustum=in_frustum,
         center_cam=geometry.world_to_camera(c2w, scene.center),
     )
