@@ -61,7 +61,6 @@ flags.DEFINE_boolean("fidelity", True, "With an image detector or a model teache
 flags.DEFINE_boolean("jsonl", True, "Also write sft/grpo/eval.jsonl and images/.")
 flags.DEFINE_boolean("overwrite", False, "Delete an existing --out and start over.")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
-flags.mark_flags_as_required(["num_scenes", "out"])
 
 FLAGS = flags.FLAGS
 
@@ -122,6 +121,10 @@ def _print_stats(stats: dict) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # checked here rather than with flags.mark_flags_as_required, which would make every other absl
+    # program that imports this module (tests run several in one process) demand these flags too
+    if FLAGS.out is None or FLAGS.num_scenes is None:
+        raise app.UsageError("--out and --num_scenes are required (see --help)")
     if FLAGS.num_scenes < 1:
         raise app.UsageError(f"--num_scenes must be >= 1, got {FLAGS.num_scenes}")
     from w2v_jax.supervision import build, package, qc

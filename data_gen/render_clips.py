@@ -31,7 +31,6 @@ flags.DEFINE_integer("supersample", 2, "Rays per pixel side for rgb anti-aliasin
 flags.DEFINE_integer("max_frames", 32, "Stored frames per clip (padding + frame_mask).")
 flags.DEFINE_float("hfov_deg", 90.0, "Horizontal field of view in degrees.")
 flags.DEFINE_integer("max_objects", 10, "Object slots per scene (3..max_objects objects).")
-flags.mark_flag_as_required("out")
 
 FLAGS = flags.FLAGS
 
@@ -39,6 +38,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.out is None:  # not mark_flag_as_required: that would bind every absl program importing us
+        raise app.UsageError("--out is required (see --help)")
     logging.set_verbosity(logging.WARNING)  # TFDS logs every shard at INFO
     from w2v_jax.sim import clips
 
