@@ -9,7 +9,7 @@ T = --max_frames frames with a frame_mask. Scenes are split by seed into disjoin
 splits (--eval_fraction).
 
 Output: DIR/posed_clips/1.0.0/ (read with tfds.data_source("posed_clips", data_dir=DIR,
-split="train") or w2v_jax.sim.clips.load_clips(DIR, "train"), then grain.MapDataset.source) and
+split="train") or w2v_jax.data.posed_clips.load_clips(DIR, "train"), then grain.MapDataset.source) and
 DIR/generation.json. Work happens in a temporary sibling directory renamed into place at the end, so
 a failed run leaves nothing; an existing non-empty DIR is refused unless --overwrite.
 
@@ -41,6 +41,7 @@ def main(argv):
     if FLAGS.out is None:  # not mark_flag_as_required: that would bind every absl program importing us
         raise app.UsageError("--out is required (see --help)")
     logging.set_verbosity(logging.WARNING)  # TFDS logs every shard at INFO
+    from w2v_jax.data import posed_clips
     from w2v_jax.sim import clips
 
     config = clips.ClipConfig(
@@ -52,7 +53,7 @@ def main(argv):
         num_objects=(min(3, FLAGS.max_objects), FLAGS.max_objects),
     )
     try:
-        info = clips.write_clips(
+        info = posed_clips.write_clips(
             FLAGS.out,
             FLAGS.num_scenes,
             FLAGS.seed,

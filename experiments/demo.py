@@ -92,6 +92,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # TFDS logs every shard at INFO
+    from w2v_jax.data import posed_clips
     from w2v_jax.sim import clips
 
     out = os.path.abspath(FLAGS.out)
@@ -111,7 +112,7 @@ def main(argv):
         f"{time.perf_counter() - start:.1f} s)"
     )
     start = time.perf_counter()
-    info = clips.write_clips(
+    info = posed_clips.write_clips(
         os.path.join(out, "clips"),
         FLAGS.num_scenes,
         FLAGS.seed,

@@ -11,6 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from w2v_jax import actions, geometry, sim
+from w2v_jax.data import posed_clips
 from w2v_jax.sim import clips
 
 CONFIG = clips.ClipConfig(
@@ -22,7 +23,7 @@ NUM_KINDS = len(CONFIG.trajectory.kinds)
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("clips") / "ds"
-    info = clips.write_clips(
+    info = posed_clips.write_clips(
         str(out), num_scenes=3, seed=7, config=CONFIG, eval_fraction=0.34, progress=False
     )
     return out, info
@@ -47,7 +48,7 @@ def test_splits_are_disjoint_by_scene_and_complete(dataset):
 
 def test_clip_contents_are_consistent(dataset):
     out, _ = dataset
-    src = clips.load_clips(str(out), "train")
+    src = posed_clips.load_clips(str(out), "train")
     T, R = CONFIG.max_frames, CONFIG.resolution
     for i in range(len(src)):
         ex = src[i]
@@ -84,7 +85,7 @@ def test_clip_contents_are_consistent(dataset):
 
 def test_grain_map_dataset_batches(dataset):
     out, _ = dataset
-    src = tfds.builder_from_directory(clips.builder_dir(str(out))).as_data_source(split="train")
+    src = tfds.builder_from_directory(posed_clips.builder_dir(str(out))).as_data_source(split="train")
     ds = grain.MapDataset.source(src).shuffle(seed=0).batch(4, drop_remainder=True)
     batch = ds[0]
     assert batch["frames"].shape == (4, CONFIG.max_frames, 16, 16, 3)
@@ -95,11 +96,11 @@ def test_grain_map_dataset_batches(dataset):
 def test_refuses_overwrite_and_replaces_with_flag(dataset, tmp_path):
     out, _ = dataset
     with pytest.raises(FileExistsError, match="overwrite"):
-        clips.write_clips(str(out), num_scenes=1, seed=0, config=CONFIG, progress=False)
+        posed_clips.write_clips(str(out), num_scenes=1, seed=0, config=CONFIG, progress=False)
     target = tmp_path / "again"
     target.mkdir()
     (target / "stale.txt").write_text("old")
-    info = clips.write_clips(
+    info = posed_clips.write_clips(
         str(target),
         num_scenes=1,
         seed=1,
@@ -125,7 +126,7 @@ def test_failed_run_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(clips, "make_scene_clips", fail_on_second)
     with pytest.raises(RuntimeError, match="boom"):
-        clips.write_clips(str(tmp_path / "ds"), num_scenes=3, seed=0, config=CONFIG, progress=False)
+        posed_clips.write_clips(str(tmp_path / "ds"), num_scenes=3, seed=0, config=CONFIG, progress=False)
     assert os.listdir(tmp_path) == []
 
 
