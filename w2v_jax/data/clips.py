@@ -1,0 +1,428 @@
+"""World-model input: view pairs (or tuples) sampled inside posed clips, streamed by Grain.
+
+Sources (random access, ``len`` and ``[i]`` -> clip dict):
+
+- the posed-clip TFDS dataset of ``data_gen.render_clips`` (``w2v_jax.data.posed_clips.load_clips``): per
+  clip ``frames`` uint8 (T, H, W, 3), ``c2w`` (T, 4, 4), ``K`` (3, 3), ``num_frames``, ``depth``,
+  ``instance``, ...;
+- :class:`RealEstate10KSource`: real posed video in the RealEstate10K camera format, converted to the
+  same clip dict (frames, c2w, K, num_frames, frame_mask).
+
+:class:`PairTransform` turns one clip into one training example with M source and N target views:
+the first source is frame 0 with probability ``first_source_prob`` (else a random frame), the first
+target is the clip's last frame with probability ``last_target_prob`` (else a random other frame);
+further views are random distinct frames. All poses are re-expressed in the first source camera's
+frame: ``rel = inv(c2w[src0]) @ c2w[i]`` (metres, OpenCV). An optional horizontal flip mirrors the
+images and the geometry consistently (``F @ rel @ F`` with ``F = diag(-1, 1, 1, 1)``, ``cx -> W - cx``).
+
+Example (B examples per batch)::
+
+    {"source": (B, M, H, W, 3) f32 in [-1, 1], "target": (B, N, H, W, 3) f32 in [-1, 1],
+     "plucker_src": (B, M, H, W, 6), "plucker_tgt": (B, N, H, W, 6),
+     "rel_src": (B, M, 4, 4), "rel_tgt": (B, N, 4, 4), "K": (B, 3, 3), "example_mask": (B,) bool}
+
+plus, with ``with_geometry=True``, ``depth_src``/``depth_tgt`` (B, V, H, W) metres and
+``instance_src``/``instance_tgt`` (B, V, H, W) int32 (posed clips only).
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+from typing import Any, Mapping, Sequence
+
+import grain
+import numpy as np
+
+from w2v_jax import geometry
+
+FLIP = np.diag([-1.0, 1.0, 1.0, 1.0]).astype(np.float32)
+
+
+def to_unit_range(frames_uint8) -> np.ndarray:
+    """uint8 [0, 255] -> float32 [-1, 1]."""
+    return np.asarray(frames_uint8, np.float32) / 127.5 - 1.0
+
+
+def flip_pose(rel) -> np.ndarray:
+    """Pose (..., 4, 4) of the horizontally mirrored camera: ``F @ rel @ F``."""
+    return FLIP @ np.asarray(rel, np.float32) @ FLIP
+
+
+def flip_intrinsics(K, width: int) -> np.ndarray:
+    """K of the horizontally mirrored image: ``cx -> width - cx``."""
+    K = np.array(K, np.float32)
+    K[0, 2] = width - K[0, 2]
+    return K
+
+
+def plucker_maps(K, rel, height: int, width: int) -> np.ndarray:
+    """Plücker maps (V, H, W, 6) for poses ``rel`` (V, 4, 4) in the reference camera frame."""
+    return np.stack([geometry.plucker_rays(np.asarray(K, np.float32), r, height, width)
+                     for r in np.asarray(rel, np.float32)]).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairConfig:
+    """How views are drawn from a clip (see the module docstring)."""
+
+    num_source: int = 1
+    num_target: int = 1
+    first_source_prob: float = 0.5
+    last_target_prob: float = 0.5
+    flip_prob: float = 0.0
+    with_geometry: bool = False
+    image_size: int = 0  # 0 = the clip's own size; else an integer-factor area downsample
+
+    def __post_init__(self):
+        for name in ("num_source", "num_target"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"PairConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if not isinstance(self.image_size, int) or self.image_size < 0:
+            raise ValueError(f"PairConfig.image_size must be an int >= 0, got {self.image_size!r}")
+        for name in ("first_source_prob", "last_target_prob", "flip_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"PairConfig.{name} must be in [0, 1], got {getattr(self, name)!r}")
+
+
+def choose_views(num_frames: int, config: PairConfig, rng: np.random.Generator):
+    """``(sources (M,), targets (N,))`` frame indices of one example (see the module docstring).
+
+    Views are distinct when the clip has enough frames, otherwise drawn with replacement.
+    """
+    if num_frames < 2:
+        raise ValueError(f"a clip needs num_frames >= 2 to form a pair, got {num_frames}")
+    m, n = config.num_source, config.num_target
+    first = 0 if rng.random() < config.first_source_prob else int(rng.integers(0, num_frames))
+    last = num_frames - 1
+    if first != last and rng.random() < config.last_target_prob:
+        target0 = last
+    else:
+        others = [i for i in range(num_frames) if i != first]
+        target0 = int(rng.choice(others))
+    chosen = [first, target0]
+    pool = [i for i in range(num_frames) if i not in chosen]
+    extra = m - 1 + n - 1
+    if extra:
+        picks = rng.choice(pool, size=extra, replace=len(pool) < extra) if pool else \
+            rng.integers(0, num_frames, size=extra)
+        chosen += [int(i) for i in picks]
+    sources = np.array([chosen[0]] + chosen[2:2 + m - 1], np.int64)
+    targets = np.array([chosen[1]] + chosen[2 + m - 1:], np.int64)
+    return sources, targets
+
+
+def downsample(frames, factor: int) -> np.ndarray:
+    """Area (box) downsample of uint8 frames (..., H, W, 3) by an integer factor -> uint8."""
+    if factor == 1:
+        return np.asarray(frames)
+    x = np.asarray(frames, np.float32)
+    h, w = x.shape[-3:-1]
+    x = x.reshape(x.shape[:-3] + (h // factor, factor, w // factor, factor, 3)).mean((-4, -2))
+    return np.round(x).astype(np.uint8)
+
+
+def make_example(clip: Mapping[str, Any], sources, targets, flip: bool = False,
+                 with_geometry: bool = False, image_size: int = 0) -> dict:
+    """The training example of frames ``sources`` / ``targets`` of ``clip`` (module docstring).
+
+    ``image_size`` > 0 area-downsamples the frames by the integer factor ``H / image_size`` (and
+    scales K); geometry outputs need the clip's own size.
+    """
+    frames = np.asarray(clip["frames"])
+    h, w = frames.shape[1:3]
+    K = np.asarray(clip["K"], np.float32)
+    if image_size and image_size != h:
+        factor = h // image_size
+        if h != w or h % image_size:
+            raise ValueError(f"image_size={image_size} must divide the square clip size {h}x{w}")
+        if with_geometry:
+            raise ValueError(f"with_geometry needs the clip's own size {h}, got image_size="
+                             f"{image_size}")
+        frames = downsample(frames, factor)
+        K = geometry.scale_intrinsics(K, 1.0 / factor).astype(np.float32)
+        h = w = image_size
+    c2w = np.asarray(clip["c2w"], np.float64)
+    ref = c2w[sources[0]]
+    rel_src = geometry.relative_pose(ref, c2w[sources]).astype(np.float32)
+    rel_tgt = geometry.relative_pose(ref, c2w[targets]).astype(np.float32)
+    src, tgt = to_unit_range(frames[sources]), to_unit_range(frames[targets])
+    if flip:
+        src, tgt = src[:, :, ::-1], tgt[:, :, ::-1]
+        rel_src, rel_tgt, K = flip_pose(rel_src), flip_pose(rel_tgt), flip_intrinsics(K, w)
+    out = {
+        "source": np.ascontiguousarray(src),
+        "target": np.ascontiguousarray(tgt),
+        "plucker_src": plucker_maps(K, rel_src, h, w),
+        "plucker_tgt": plucker_maps(K, rel_tgt, h, w),
+        "rel_src": rel_src,
+        "rel_tgt": rel_tgt,
+        "K": K,
+        "example_mask": np.bool_(True),
+    }
+    if with_geometry:
+        for name, field, dtype in (("depth", "depth", np.float32), ("instance", "instance", np.int32)):
+            if field not in clip:
+                raise ValueError(f"with_geometry needs clip field {field!r}; clip has {sorted(clip)}")
+            data = np.asarray(clip[field]).astype(dtype)
+            if flip:
+                data = data[:, :, ::-1]
+            out[f"{name}_src"] = np.ascontiguousarray(data[sources])
+            out[f"{name}_tgt"] = np.ascontiguousarray(data[targets])
+    return out
+
+
+class PairTransform(grain.transforms.RandomMap):
+    """Grain random map: clip dict -> one example (deterministic given Grain's per-record rng)."""
+
+    def __init__(self, config: PairConfig):
+        self.config = config
+
+    def random_map(self, clip, rng: np.random.Generator):
+        n = int(clip["num_frames"])
+        sources, targets = choose_views(n, self.config, rng)
+        flip = bool(rng.random() < self.config.flip_prob)
+        return make_example(clip, sources, targets, flip, self.config.with_geometry,
+                            self.config.image_size)
+
+
+def pair_dataset(source, *, batch_size: int, config: PairConfig = PairConfig(), seed: int = 0,
+                 shuffle: bool = True, num_epochs: int | None = None, process_index: int = 0,
+                 process_count: int = 1, drop_remainder: bool = True, read_threads: int = 2,
+                 prefetch: int = 8) -> grain.IterDataset:
+    """Checkpointable Grain ``IterDataset`` of example batches for this process.
+
+    ``source``: random-access clips (posed-clip split or :class:`RealEstate10KSource`). Order: a
+    seeded shuffle of the clips per epoch, repeated ``num_epochs`` times (None = forever), process
+    ``p`` of ``P`` takes positions ``p, p+P, ...``; each visit of a clip draws fresh views.
+    """
+    if batch_size < 1:
+        raise ValueError(f"data.batch_size={batch_size} must be >= 1")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} must be in [0, {process_count})")
+    if len(source) == 0:
+        raise ValueError("the clip source is empty")
+    ds = grain.MapDataset.source(source)
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)
+    if process_count > 1:
+        ds = ds[process_index::process_count]
+    ds = ds.random_map(PairTransform(config), seed=seed)
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                              prefetch_buffer_size=prefetch))
+    return ds.batch(batch_size, drop_remainder=drop_remainder)
+
+
+# ----------------------------------------------------------------------------- RealEstate10K
+
+
+def read_realestate10k_cameras(path: str) -> dict:
+    """Parse a RealEstate10K camera file.
+
+    Format: an optional first line with the video URL, then one line per frame:
+    ``timestamp fx fy cx cy 0 0 r11 r12 r13 t1 r21 r22 r23 t2 r31 r32 r33 t3`` with intrinsics
+    normalised by the image width (fx, cx) and height (fy, cy) and a 3x4 world-to-camera matrix in
+    the OpenCV convention. Returns ``{"timestamps" (T,) int64, "intrinsics" (T, 4) normalised,
+    "c2w" (T, 4, 4) float32}``. Units are those of the source's SLAM reconstruction (not metres).
+    """
+    timestamps, intr, c2w = [], [], []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts or (lineno == 1 and len(parts) < 19):
+                continue
+            if len(parts) != 19:
+                raise ValueError(f"{path}:{lineno}: expected 19 numbers (timestamp, fx fy cx cy, "
+                                 f"0 0, 3x4 world-to-camera), got {len(parts)}")
+            vals = [float(x) for x in parts]
+            w2c = np.eye(4)
+            w2c[:3] = np.asarray(vals[7:19]).reshape(3, 4)
+            timestamps.append(int(parts[0]))
+            intr.append(vals[1:5])
+            c2w.append(geometry.invert_pose(w2c))
+    if not timestamps:
+        raise ValueError(f"{path}: no camera lines")
+    return {"timestamps": np.asarray(timestamps, np.int64),
+            "intrinsics": np.asarray(intr, np.float32),
+            "c2w": np.asarray(c2w, np.float32)}
+
+
+def _load_square(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Centre-crop an image file to a square and resize it to ``size``; returns (rgb, (W, H))."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        s = min(w, h)
+        left, top = (w - s) // 2, (h - s) // 2
+        im = im.crop((left, top, left + s, top + s)).resize((size, size), Image.BOX)
+        return np.asarray(im, np.uint8), (w, h)
+
+
+def _frame_files(frames_dir: str, timestamps) -> list[str]:
+    files = sorted(glob.glob(os.path.join(frames_dir, "*.png")) +
+                   glob.glob(os.path.join(frames_dir, "*.jpg")))
+    by_stem = {os.path.splitext(os.path.basename(f))[0]: f for f in files}
+    if all(str(t) in by_stem for t in timestamps):
+        return [by_stem[str(t)] for t in timestamps]
+    if len(files) == len(timestamps):
+        return files
+    raise ValueError(f"{frames_dir}: cannot match {len(timestamps)} camera lines to frames; expected "
+                     f"files named '<timestamp>.png|.jpg' or exactly one image per line "
+                     f"(found {len(files)})")
+
+
+def load_realestate10k_clip(camera_file: str, frames_dir: str | None = None, image_size: int = 32,
+                            max_frames: int = 32, stride: int = 1) -> dict:
+    """One RealEstate10K sequence as a clip dict in our conventions.
+
+    ``frames_dir`` defaults to the camera file's path without its extension. Images are centre-
+    cropped to a square and resized to ``image_size``; ``K`` is expressed in those pixels. Every
+    ``stride``-th frame is kept, then the first ``max_frames`` (padded with ``frame_mask``).
+    """
+    cams = read_realestate10k_cameras(camera_file)
+    frames_dir = os.path.splitext(camera_file)[0] if frames_dir is None else frames_dir
+    files = _frame_files(frames_dir, cams["timestamps"])
+    keep = np.arange(0, len(files), max(1, int(stride)))[:max_frames]
+    frames, K = [], None
+    for i in keep:
+        rgb, (w, h) = _load_square(files[i], image_size)
+        frames.append(rgb)
+        if K is None:
+            fx, fy, cx, cy = cams["intrinsics"][i] * np.array([w, h, w, h])
+            s = min(w, h)
+            scale = image_size / s
+            K = np.array([[fx * scale, 0, (cx - (w - s) / 2) * scale],
+                          [0, fy * scale, (cy - (h - s) / 2) * scale], [0, 0, 1]], np.float32)
+    n = len(keep)
+    pad = max_frames - n
+    c2w = cams["c2w"][keep]
+    return {
+        "frames": np.concatenate([np.stack(frames), np.zeros((pad, image_size, image_size, 3),
+                                                             np.uint8)]),
+        "c2w": np.concatenate([c2w, np.repeat(c2w[-1:], pad, 0)]),
+        "K": K,
+        "num_frames": np.int32(n),
+        "frame_mask": np.arange(max_frames) < n,
+    }
+
+
+class RealEstate10KSource:
+    """Random-access clips from a directory of RealEstate10K camera files (``*.txt``), each with its
+    frames directory next to it (same name without ``.txt``). Feed it to :func:`pair_dataset`."""
+
+    def __init__(self, root: str, image_size: int = 32, max_frames: int = 32, stride: int = 1):
+        self.files = sorted(glob.glob(os.path.join(root, "*.txt")))
+        if not self.files:
+            raise ValueError(f"no RealEstate10K camera files (*.txt) in {root!r}")
+        self.image_size, self.max_frames, self.stride = image_size, max_frames, stride
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        return load_realestate10k_clip(self.files[int(index)], image_size=self.image_size,
+                                       max_frames=self.max_frames, stride=self.stride)
+
+
+# ----------------------------------------------------------------------------- launcher factory
+
+
+class TimeBudget:
+    """Iterable over ``dataset`` whose iterators stop (StopIteration) once ``seconds`` of wall time
+    have passed since their first batch; the Trainer then saves a final checkpoint and returns.
+    The budget restarts in every process that iterates (a resumed run gets a fresh budget).
+    Iterator state (``get_state``/``set_state``) is the wrapped iterator's."""
+
+    def __init__(self, dataset, seconds: float):
+        if not seconds > 0:
+            raise ValueError(f"config.data.time_budget_s must be > 0 seconds, got {seconds!r}")
+        self.dataset, self.seconds = dataset, float(seconds)
+
+    def __iter__(self):
+        return _TimeBudgetIterator(iter(self.dataset), self.seconds)
+
+
+class _TimeBudgetIterator:
+    def __init__(self, it, seconds: float):
+        self._it, self._seconds, self._start = it, seconds, None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        import time
+
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        elif now - self._start >= self._seconds:
+            raise StopIteration
+        return next(self._it)
+
+    def get_state(self):
+        return self._it.get_state()
+
+    def set_state(self, state):
+        self._it.set_state(state)
+
+
+def open_source(data_cfg, split: str):
+    """The clip source a data config names: ``format`` 'posed_clips' (``data_dir`` written by
+    render_clips) or 'realestate10k' (``data_dir`` of camera files)."""
+    fmt = data_cfg.get("format", "posed_clips")
+    if not data_cfg.get("data_dir"):
+        raise ValueError("config.data.data_dir must name the clip dataset directory")
+    if fmt == "posed_clips":
+        from w2v_jax.data.posed_clips import load_clips
+
+        return load_clips(data_cfg.data_dir, split)
+    if fmt == "realestate10k":
+        root = os.path.join(data_cfg.data_dir, split)
+        root = root if os.path.isdir(root) else data_cfg.data_dir
+        return RealEstate10KSource(root, data_cfg.image_size, data_cfg.get("max_frames", 32),
+                                   data_cfg.get("stride", 1))
+    raise ValueError(f"config.data.format={fmt!r}: allowed 'posed_clips' or 'realestate10k'")
+
+
+def pair_config(data_cfg, **overrides) -> PairConfig:
+    fields = {f.name for f in dataclasses.fields(PairConfig)}
+    values = {k: data_cfg[k] for k in fields if k in data_cfg}
+    values.update(overrides)
+    return PairConfig(**values)
+
+
+def clips_data(data_cfg, *, workdir, batch_size, seed, process_index, process_count):
+    """Data factory for ``w2v_jax.train.run`` (``config.data.name =
+    'w2v_jax.data.clips:clips_data'``): returns ``(train_dataset, eval_fn)``; ``eval_fn`` yields a
+    fixed set of ``data.num_eval_batches`` batches from the ``eval`` split (no flips).
+    ``data.time_budget_s`` > 0 ends training after that much wall time (see :class:`TimeBudget`)."""
+    del workdir
+    train = pair_dataset(open_source(data_cfg, data_cfg.get("train_split", "train")),
+                         batch_size=batch_size, config=pair_config(data_cfg), seed=seed,
+                         process_index=process_index, process_count=process_count,
+                         read_threads=data_cfg.get("read_threads", 2))
+    if data_cfg.get("time_budget_s", 0):
+        train = TimeBudget(train, data_cfg.time_budget_s)
+    eval_fn = None
+    num_eval = int(data_cfg.get("num_eval_batches", 0))
+    if num_eval:
+        eval_source = open_source(data_cfg, data_cfg.get("eval_split", "eval"))
+
+        def eval_fn():
+            ds = pair_dataset(eval_source, batch_size=batch_size,
+                              config=pair_config(data_cfg, flip_prob=0.0), seed=seed + 1,
+                              shuffle=True, num_epochs=None, process_index=process_index,
+                              process_count=process_count)
+            it = iter(ds)
+            return [next(it) for _ in range(num_eval)]
+
+    return train, eval_fn
+
+
+__all__: Sequence[str] = (
+    "PairConfig", "PairTransform", "RealEstate10KSource", "TimeBudget", "choose_views", "clips_data",
+    "flip_intrinsics", "flip_pose", "load_realestate10k_clip", "make_example", "pair_dataset",
+    "plucker_maps", "read_realestate10k_cameras", "to_unit_range")
