@@ -74,13 +74,16 @@ def load_pairs(data_dir: str, split: str, max_pairs: int = 0) -> dict:
         clip = source[i]
         last = int(clip["num_frames"]) - 1
         kind = clip["kind"].decode() if isinstance(clip["kind"], bytes) else str(clip["kind"])
-        text = clip["actions"].decode() if isinstance(clip["actions"], bytes) else str(clip["actions"])
+        text = (clip["actions"].decode() if isinstance(clip["actions"], bytes)
+                else str(clip["actions"]))
         rows.append(dict(
             kind=kind, split=split_of(kind), actions=text, scene_seed=int(clip["scene_seed"]),
             src=clip["frames"][0].astype(np.float32) / 255.0,
             tgt=clip["frames"][last].astype(np.float32) / 255.0,
-            depth_src=clip["depth"][0].astype(np.float64), depth_tgt=clip["depth"][last].astype(np.float64),
-            inst_src=clip["instance"][0].astype(np.int32), inst_tgt=clip["instance"][last].astype(np.int32),
+            depth_src=clip["depth"][0].astype(np.float64),
+            depth_tgt=clip["depth"][last].astype(np.float64),
+            inst_src=clip["instance"][0].astype(np.int32),
+            inst_tgt=clip["instance"][last].astype(np.int32),
             rel=geometry.relative_pose(clip["c2w"][0].astype(np.float64),
                                        clip["c2w"][last].astype(np.float64)).astype(np.float32),
             K=np.asarray(clip["K"], np.float32),
@@ -138,8 +141,9 @@ def pair_metrics(view, r, cov, obj) -> dict:
         "reprojection_l1": metrics.reprojection_error(view, r["src"], r["depth_src"],
                                                       r["depth_tgt"], r["K"], r["rel"]),
         "box_iou": float(np.nanmean(boxes["iou"])) if np.any(boxes["visible_true"]) else np.nan,
-        "visibility_agreement": (float(np.mean(boxes["visible_true"][vis] == boxes["visible_pred"][vis]))
-                                 if np.any(vis) else np.nan),
+        "visibility_agreement": (
+            float(np.mean(boxes["visible_true"][vis] == boxes["visible_pred"][vis]))
+            if np.any(vis) else np.nan),
     }
 
 
@@ -183,7 +187,8 @@ def markdown(results: dict, methods, header: str) -> str:
             cells = []
             for m in methods:
                 v = res.get(key if m == "imagined" else f"{key}_{m}", float("nan"))
-                cells.append("n/a" if not np.isfinite(v) else f"{v:.3f}" if abs(v) < 2 else f"{v:.2f}")
+                cells.append("n/a" if not np.isfinite(v)
+                             else f"{v:.3f}" if abs(v) < 2 else f"{v:.2f}")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -273,14 +278,15 @@ def main(argv):
     summary = {"meta": meta, **results}
     with open(os.path.join(out_dir, "eval.json"), "w") as f:
         json.dump(summary, f, indent=1)
-    header = (f"World model `{os.path.basename(workdir)}` on {results['all']['num_pairs']} held-out "
+    header = (f"World model `{os.path.basename(workdir)}` on {results['all']['num_pairs']} "
+              f"held-out "
               f"pairs ({_METHOD.value}, {_STEPS.value} steps, cfg {_CFG.value}); 'truth' rows are "
               "the metric's ceiling (reprojection L1 of the true view is the sampling floor).")
     table = markdown(results, methods, header)
     with open(os.path.join(out_dir, "eval.md"), "w") as f:
         f.write(table + "\n")
-    sheet(rows, {k: v for k, v in views.items() if k != "truth"}, os.path.join(out_dir, "sheet.png"),
-          _SHEET_ROWS.value)
+    sheet(rows, {k: v for k, v in views.items() if k != "truth"},
+          os.path.join(out_dir, "sheet.png"), _SHEET_ROWS.value)
     print(table)
     if _RESULTS_JSON.value:
         os.makedirs(os.path.dirname(os.path.abspath(_RESULTS_JSON.value)), exist_ok=True)

@@ -2,18 +2,18 @@
 
 Sources (random access, ``len`` and ``[i]`` -> clip dict):
 
-- the posed-clip TFDS dataset of ``data_gen.render_clips`` (``w2v_jax.data.posed_clips.load_clips``): per
-  clip ``frames`` uint8 (T, H, W, 3), ``c2w`` (T, 4, 4), ``K`` (3, 3), ``num_frames``, ``depth``,
-  ``instance``, ...;
-- :class:`RealEstate10KSource`: real posed video in the RealEstate10K camera format, converted to the
-  same clip dict (frames, c2w, K, num_frames, frame_mask).
+- the posed-clip TFDS dataset of ``data_gen.render_clips``
+  (``w2v_jax.data.posed_clips.load_clips``): per clip ``frames`` uint8 (T, H, W, 3), ``c2w``
+  (T, 4, 4), ``K`` (3, 3), ``num_frames``, ``depth``, ``instance``, ...;
+- :class:`RealEstate10KSource`: real posed video in the RealEstate10K camera format, converted to
+  the same clip dict (frames, c2w, K, num_frames, frame_mask).
 
 :class:`PairTransform` turns one clip into one training example with M source and N target views:
 the first source is frame 0 with probability ``first_source_prob`` (else a random frame), the first
 target is the clip's last frame with probability ``last_target_prob`` (else a random other frame);
 further views are random distinct frames. All poses are re-expressed in the first source camera's
 frame: ``rel = inv(c2w[src0]) @ c2w[i]`` (metres, OpenCV). An optional horizontal flip mirrors the
-images and the geometry consistently (``F @ rel @ F`` with ``F = diag(-1, 1, 1, 1)``, ``cx -> W - cx``).
+images and the geometry consistently (``F @ rel @ F``, ``F = diag(-1, 1, 1, 1)``, ``cx -> W - cx``).
 
 Example (B examples per batch)::
 
@@ -77,12 +77,14 @@ class PairConfig:
     def __post_init__(self):
         for name in ("num_source", "num_target"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"PairConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"PairConfig.{name} must be an int >= 1, got {getattr(self, name)!r}")
         if not isinstance(self.image_size, int) or self.image_size < 0:
             raise ValueError(f"PairConfig.image_size must be an int >= 0, got {self.image_size!r}")
         for name in ("first_source_prob", "last_target_prob", "flip_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"PairConfig.{name} must be in [0, 1], got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"PairConfig.{name} must be in [0, 1], got {getattr(self, name)!r}")
 
 
 def choose_views(num_frames: int, config: PairConfig, rng: np.random.Generator):
@@ -161,9 +163,11 @@ def make_example(clip: Mapping[str, Any], sources, targets, flip: bool = False,
         "example_mask": np.bool_(True),
     }
     if with_geometry:
-        for name, field, dtype in (("depth", "depth", np.float32), ("instance", "instance", np.int32)):
+        for name, field, dtype in (("depth", "depth", np.float32),
+                                   ("instance", "instance", np.int32)):
             if field not in clip:
-                raise ValueError(f"with_geometry needs clip field {field!r}; clip has {sorted(clip)}")
+                raise ValueError(
+                    f"with_geometry needs clip field {field!r}; clip has {sorted(clip)}")
             data = np.asarray(clip[field]).astype(dtype)
             if flip:
                 data = data[:, :, ::-1]
@@ -269,7 +273,8 @@ def _frame_files(frames_dir: str, timestamps) -> list[str]:
         return [by_stem[str(t)] for t in timestamps]
     if len(files) == len(timestamps):
         return files
-    raise ValueError(f"{frames_dir}: cannot match {len(timestamps)} camera lines to frames; expected "
+    raise ValueError(f"{frames_dir}: cannot match {len(timestamps)} camera lines to frames; "
+                     f"expected "
                      f"files named '<timestamp>.png|.jpg' or exactly one image per line "
                      f"(found {len(files)})")
 
@@ -423,6 +428,7 @@ def clips_data(data_cfg, *, workdir, batch_size, seed, process_index, process_co
 
 
 __all__: Sequence[str] = (
-    "PairConfig", "PairTransform", "RealEstate10KSource", "TimeBudget", "choose_views", "clips_data",
+    "PairConfig", "PairTransform", "RealEstate10KSource", "TimeBudget", "choose_views",
+    "clips_data",
     "flip_intrinsics", "flip_pose", "load_realestate10k_clip", "make_example", "pair_dataset",
     "plucker_maps", "read_realestate10k_cameras", "to_unit_range")

@@ -1,7 +1,8 @@
 """The world model: a camera-conditioned, view-consistent flow-matching DiT (pixel space).
 
 - ``config``: :class:`WorldModelConfig` and its presets ``tiny`` / ``small`` / ``seva_scale``;
-- ``dit``: :class:`WorldModel` (M source + N target views, joint attention, Plücker rays, adaLN-Zero);
+- ``dit``: :class:`WorldModel` (M source + N target views, joint attention, Plücker rays,
+  adaLN-Zero);
 - ``sampler``: Euler / Heun ODE sampling with classifier-free guidance;
 - ``teacher``: :func:`imagine`, :class:`WorldModelTeacher`, :class:`RendererTeacher` (the oracle);
 - ``metrics``: PSNR / SSIM (masked), co-visibility, warp baseline, reprojection error, box matcher.

@@ -7,13 +7,13 @@ would cost more than the DiT; at SEVA scale the same backbone runs on 256 px wit
 
 Presets (``WorldModelConfig.preset(name)``):
 
-===========  ======  =====  =====  =====  =====  ====  ======  =========================================
+===========  ======  =====  =====  =====  =====  ====  ======  ==================================
 name         image   patch  width  depth  heads  M+N   params  use
-===========  ======  =====  =====  =====  =====  ====  ======  =========================================
+===========  ======  =====  =====  =====  =====  ====  ======  ==================================
 tiny         16      4      64     2      2      1+1   ~0.2 M  unit tests
 small        32      4      128    6      4      1+1   ~1.9 M  CPU training (<= 40 min on 2 cores)
-seva_scale   256     16     1536   24     24     1+7   ~1.0 B  pods; SEVA-like: 8 views, joint attention
-===========  ======  =====  =====  =====  =====  ====  ======  =========================================
+seva_scale   256     16     1536   24     24     1+7   ~1.0 B  pods; SEVA-like 8 views, joint attn
+===========  ======  =====  =====  =====  =====  ====  ======  ==================================
 """
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ class WorldModelConfig:
             raise ValueError(f"WorldModelConfig.mlp_ratio must be > 0, got {self.mlp_ratio}")
         if self.prediction not in PREDICTIONS:
             raise ValueError(
-                f"WorldModelConfig.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+                f"WorldModelConfig.prediction must be one of {PREDICTIONS}, "
+                f"got {self.prediction!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"WorldModelConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
 

@@ -11,7 +11,8 @@ first source camera's OpenCV frame, in metres (never renormalised: "move 1 m" is
 
 What the output means (clean image or velocity) is ``config.prediction``; the sampler and the losses
 read it from the config. Every parameter carries logical axis names (``w2v_jax.train.sharding``), so
-build it inside ``rules_context(mesh)`` (or with ``sharding.create_sharded`` / ``create_unsharded``).
+build it inside ``rules_context(mesh)`` (or with ``sharding.create_sharded`` /
+``create_unsharded``).
 """
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def _linear(din, dout, names, rngs, *, init=_xavier, dtype=jnp.float32):
 
 
 def timestep_features(t, dim: int):
-    """Sinusoidal features (B, dim) of flow times ``t`` (B,) in [0, 1] (scaled by 1000 as in DiT)."""
+    """Sinusoidal features (B, dim) of flow times ``t`` (B,) in [0, 1] (times 1000, as in DiT)."""
     half = dim // 2
     freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / half)
     args = (t.astype(jnp.float32) * 1000.0)[:, None] * freqs[None, :]
@@ -68,7 +69,7 @@ def unpatchify(x, p: int, h: int, w: int):
 
 
 def modulate(x, shift, scale):
-    """adaLN: ``x * (1 + scale) + shift`` with per-sample (B, D) shift/scale over tokens (B, T, D)."""
+    """adaLN: ``x * (1 + scale) + shift``, per-sample (B, D) shift/scale on tokens (B, T, D)."""
     return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
 
 
@@ -197,10 +198,12 @@ class WorldModel(nnx.Module):
         if t.shape != (b,):
             raise ValueError(f"WorldModel input t must have shape ({b},), got {tuple(t.shape)}")
         dt = jnp.dtype(cfg.dtype)
-        keep = jnp.ones((b,), jnp.float32) if source_keep is None else source_keep.astype(jnp.float32)
+        keep = (jnp.ones((b,), jnp.float32) if source_keep is None
+                else source_keep.astype(jnp.float32))
         source = source * keep[:, None, None, None, None]
         views = jnp.concatenate(
-            [jnp.concatenate([source, source_rays], -1), jnp.concatenate([target, target_rays], -1)],
+            [jnp.concatenate([source, source_rays], -1),
+             jnp.concatenate([target, target_rays], -1)],
             axis=1,
         ).astype(dt)
         tokens = self.patch_embed(patchify(views, cfg.patch_size))  # (B, M+N, L, D)

@@ -77,7 +77,8 @@ def ssim_map(pred, truth, max_val: float = 1.0, window_size: int = 11, sigma: fl
     syy = _blur_valid(y * y, win) - mu_y * mu_y
     sxy = _blur_valid(x * y, win) - mu_x * mu_y
     c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
+    num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
+    s = num / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
     s = jnp.mean(s, axis=-1)
     return s.reshape(lead + s.shape[1:])
 
@@ -114,7 +115,7 @@ def _to_other(points, T):
 
 
 def _project_cam(points, K):
-    """Camera points (..., 3) -> (u, v, z); u, v in pixels (centre of pixel (i, j) at j+.5, i+.5)."""
+    """Camera points (..., 3) -> (u, v, z); u, v in pixels (pixel (i, j) centred at j+.5, i+.5)."""
     z = points[..., 2]
     safe = np.where(np.abs(z) < 1e-9, 1e-9, z)
     return K[0, 0] * points[..., 0] / safe + K[0, 2], K[1, 1] * points[..., 1] / safe + K[1, 2], z
@@ -134,7 +135,8 @@ def covisible_mask(depth_tgt, depth_src, K, T_rel, rel_tol: float = 0.03, abs_to
     """Bool (H, W): target pixels whose surface point projects into the source image and is not
     occluded there (source depth at that pixel within ``abs_tol + rel_tol * z`` metres)."""
     depth_tgt = np.asarray(depth_tgt, np.float64)
-    pts_src = _to_other(_unproject(depth_tgt, K), geometry.invert_pose(np.asarray(T_rel, np.float64)))
+    T_inv = geometry.invert_pose(np.asarray(T_rel, np.float64))
+    pts_src = _to_other(_unproject(depth_tgt, K), T_inv)
     return _visible_in(pts_src, np.asarray(depth_src, np.float64), np.asarray(K, np.float64),
                        rel_tol, abs_tol)
 
@@ -175,7 +177,7 @@ def forward_warp(rgb_src, depth_src, K, T_rel, subsamples: int = 3):
 
 
 def warp_baseline(rgb_src, depth_src, K, T_rel, subsamples: int = 3):
-    """The warp-with-true-depth baseline: :func:`forward_warp`, holes filled with the source pixel."""
+    """Warp-with-true-depth baseline: :func:`forward_warp`, holes filled with the source pixel."""
     warped, valid = forward_warp(rgb_src, depth_src, K, T_rel, subsamples)
     return np.where(valid[..., None], warped, np.asarray(rgb_src, np.float32))
 

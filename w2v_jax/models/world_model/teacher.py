@@ -4,7 +4,8 @@ Both teachers answer ``teacher(image, K, trajectory, *, steps, cfg, seed, key_fr
 views (V, H, W, 3) float32 in [0, 1]: V = 1 (the view at the end of the trajectory) or, with
 ``key_frames=True``, one view per key frame after the source (the end of every action segment; the
 last one is the end of the trajectory). ``trajectory`` is an ``actions.Trajectory``, a sequence of
-``actions.Action`` or action text ("move forward 1 meters; turn left 30 degrees"). ``K`` (3, 3) is in
+``actions.Action`` or action text ("move forward 1 meters; turn left 30 degrees"). ``K`` (3, 3) is
+in
 pixels of ``image`` (H, W, 3; uint8 or float in [0, 1]).
 
 - :func:`imagine` / :class:`WorldModelTeacher`: the trained world model (the method).
@@ -12,8 +13,8 @@ pixels of ``image`` (H, W, 3; uint8 or float in [0, 1]).
   the source image alone, conditioned on its pose relative to the source (metric Plücker rays), so
   errors do not accumulate along the trajectory and each view matches the model's training
   distribution (source -> any later frame of a clip). All requested views are sampled in one
-  batched call; a model with ``num_target = N > 1`` generates them jointly, N per pass (multi-target,
-  SEVA/CAT3D style), the last chunk padded by repeating its final pose. A model with
+  batched call; a model with ``num_target = N > 1`` generates them jointly, N per pass
+  (multi-target, SEVA/CAT3D style), the last chunk padded by repeating its final pose. A model with
   ``num_source = M > 1`` gets the source image in all M source slots.
 - :class:`RendererTeacher`: the oracle — the true renders of the scene along the same trajectory.
 """

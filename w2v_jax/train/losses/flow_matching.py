@@ -1,18 +1,28 @@
-"""World-model losses: ``flow_matching`` (rectified flow) and ``regression`` (its deterministic twin).
+"""World-model losses: ``flow_matching`` (rectified flow), ``regression`` (its deterministic twin).
 
 Batch (from ``w2v_jax.data.clips``), B examples of M source and N target views of H x W pixels:
 
 - ``source`` (B, M, H, W, 3) float32 in [-1, 1]; ``target`` (B, N, H, W, 3) float32 in [-1, 1];
-- ``plucker_src`` (B, M, H, W, 6) / ``plucker_tgt`` (B, N, H, W, 6): Plücker rays in the first source
-  camera's frame (metres);
+- ``plucker_src`` (B, M, H, W, 6) / ``plucker_tgt`` (B, N, H, W, 6): Plücker rays in the first
+  source camera's frame (metres);
 - ``example_mask`` (B,) optional, 0 marks a padding row.
 
 Rectified flow: ``x_t = (1 - t) x0 + t eps`` with eps ~ N(0, I); the velocity is ``eps - x0``. The
 network predicts ``x0`` or the velocity (``model.config.prediction``) and the loss is the per-pixel
 MSE against that target. With probability ``source_drop_prob`` an example's source images are
-dropped (``source_keep = 0``) so classifier-free guidance works at sampling time. The registered
-``flow_matching`` uses logit-normal t and ``source_drop_prob = 0.1``; :func:`make_flow_matching`
-builds variants.
+dropped (``source_keep = 0``) so classifier-free guidance works at sampling time.
+
+Registered (all with ``source_drop_prob = 0.1``):
+
+- ``flow_matching``: logit-normal t = sigmoid(N(0, 1)) (the SD3 default; median t = 0.5);
+- ``flow_matching_high_noise``: t = sigmoid(N(1, 1)) (median t = 0.73): 84 % of the samples at
+  t > 0.5, where the target view's layout is decided (the sampler's first steps), 4 % at t < 0.3,
+  where denoising is nearly a copy. The ``small`` world-model config trains with it;
+- ``flow_matching_uniform``: t uniform in (0, 1);
+- ``flow_matching_terminal``: the SD3 default, but a quarter of the examples at exactly t = 1
+  (pure noise: the sampler's first step, where the x0 target is the regression twin's task).
+
+:func:`make_flow_matching` builds other variants.
 
 Both losses return ``aux`` with sums over examples: ``loss_sum`` (sum of per-example mean squared
 errors), ``weight`` (number of real examples), ``x0_mse_sum`` (error of the implied clean image in
@@ -42,10 +52,12 @@ def _inputs(batch: dict):
     return src, tgt, batch["plucker_src"], batch["plucker_tgt"], mask
 
 
-def sample_time(rng, batch_size: int, time_sampling: str = "logit_normal"):
-    """Flow times (B,) in (0, 1): ``sigmoid(N(0, 1))`` (logit-normal) or uniform."""
+def sample_time(rng, batch_size: int, time_sampling: str = "logit_normal", mean: float = 0.0,
+                std: float = 1.0):
+    """Flow times (B,) in (0, 1): ``sigmoid(N(mean, std))`` (logit-normal) or uniform (``mean``
+    and ``std`` are ignored)."""
     if time_sampling == "logit_normal":
-        return jax.nn.sigmoid(jax.random.normal(rng, (batch_size,)))
+        return jax.nn.sigmoid(mean + std * jax.random.normal(rng, (batch_size,)))
     if time_sampling == "uniform":
         return jax.random.uniform(rng, (batch_size,), minval=1e-4, maxval=1.0)
     raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
@@ -55,14 +67,21 @@ def _per_example_mse(pred, target):
     return jnp.mean(jnp.square(pred - target), axis=tuple(range(1, pred.ndim)))
 
 
-def make_flow_matching(time_sampling: str = "logit_normal", source_drop_prob: float = 0.1):
+def make_flow_matching(time_sampling: str = "logit_normal", source_drop_prob: float = 0.1,
+                       time_mean: float = 0.0, time_std: float = 1.0,
+                       terminal_prob: float = 0.0):
     """A rectified-flow loss ``fn(model, batch, rng) -> (loss, aux)`` with these options.
 
-    ``time_sampling``: 'logit_normal' (sigmoid of N(0, 1)) or 'uniform'. ``source_drop_prob``:
-    probability of dropping an example's source images (the CFG unconditional branch).
+    ``time_sampling``: 'logit_normal' (sigmoid of N(time_mean, time_std)) or 'uniform'.
+    ``source_drop_prob``: probability of dropping an example's source images (the CFG
+    unconditional branch). ``terminal_prob``: probability that an example's t is exactly 1.
     """
     if time_sampling not in TIME_SAMPLINGS:
         raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
+    if not time_std > 0:
+        raise ValueError(f"time_std must be > 0, got {time_std}")
+    if not 0.0 <= terminal_prob <= 1.0:
+        raise ValueError(f"terminal_prob must be in [0, 1], got {terminal_prob}")
     if not 0.0 <= source_drop_prob < 1.0:
         raise ValueError(f"source_drop_prob must be in [0, 1), got {source_drop_prob}")
 
@@ -74,8 +93,10 @@ def make_flow_matching(time_sampling: str = "logit_normal", source_drop_prob: fl
                 f"{prediction!r} (use the 'regression' loss for a regression model)")
         src, x0, rays_src, rays_tgt, mask = _inputs(batch)
         b = x0.shape[0]
-        k_t, k_eps, k_drop = jax.random.split(rng, 3)
-        t = sample_time(k_t, b, time_sampling)
+        k_t, k_eps, k_drop, k_term = jax.random.split(rng, 4)
+        t = sample_time(k_t, b, time_sampling, time_mean, time_std)
+        if terminal_prob:
+            t = jnp.where(jax.random.uniform(k_term, (b,)) < terminal_prob, 1.0, t)
         eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
         tb = t[:, None, None, None, None]
         x_t = (1.0 - tb) * x0 + tb * eps
@@ -100,11 +121,16 @@ def make_flow_matching(time_sampling: str = "logit_normal", source_drop_prob: fl
 
 
 flow_matching = register_loss("flow_matching")(make_flow_matching())
+flow_matching_high_noise = register_loss("flow_matching_high_noise")(
+    make_flow_matching(time_mean=1.0))
+flow_matching_uniform = register_loss("flow_matching_uniform")(make_flow_matching("uniform"))
+flow_matching_terminal = register_loss("flow_matching_terminal")(
+    make_flow_matching(terminal_prob=0.25))
 
 
 @register_loss("regression")
 def regression(model, batch: dict, rng):
-    """Deterministic twin: one pass with an empty target slot (zeros at t = 1), MSE to the target."""
+    """Deterministic twin: one pass with an empty target slot (zeros at t = 1), MSE to target."""
     del rng
     if model.config.prediction != "regression":
         raise ValueError(
