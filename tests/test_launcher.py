@@ -1,5 +1,6 @@
 """The absl launcher end to end (in-process): exact resume after a hard stop, extending a
 finished run by raising total_steps, and config errors that fail before compiling."""
+import json
 import os
 import signal
 import subprocess
@@ -124,6 +125,7 @@ def test_exact_resume_after_hard_stop_and_extension(common_flags, tmp_path, monk
     ("batch_size", 6, "config.batch_size=6 must be divisible by mesh.data\\*mesh.fsdp"),
     ("model.name", "nope", "config.model.name='nope' is unknown"),
     ("total_steps", -1, "config.total_steps=-1"),
+    ("stop_at_step", -2, "config.stop_at_step=-2"),
 ])
 def test_config_errors_name_the_field(tmp_path, field, value, match, monkeypatch):
     config = toy.get_config()
@@ -133,6 +135,19 @@ def test_config_errors_name_the_field(tmp_path, field, value, match, monkeypatch
     monkeypatch.setattr(Trainer, "__init__", lambda *a, **k: pytest.fail("got past validation"))
     with pytest.raises(ValueError, match=match):
         train_from_config(config, str(tmp_path))
+
+
+def test_stop_at_step_stops_early_on_the_full_schedule(tmp_path):
+    config = toy.get_config()
+    config.total_steps, config.stop_at_step, config.progress = 8, 3, False
+    config.optimizer.warmup_steps = 0
+    config.checkpoint.async_save = False
+    trainer = train_from_config(config, str(tmp_path))
+    assert trainer.step == 3
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    lr = [r["lr"] for r in rows if "lr" in r]
+    # cosine over 8 steps, not 3: at step 2 the rate is still above half of the peak
+    assert len(lr) == 3 and lr[-1] > 0.5 * config.optimizer.learning_rate
 
 
 @pytest.mark.slow

@@ -58,6 +58,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
         learning_rate=1e-3, warmup_steps=100, decay_steps=0, end_lr_ratio=0.05, b1=0.9,
         b2=0.99, eps=1e-8, weight_decay=0.01, clip_norm=1.0, param_groups=()))
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=250, max_to_keep=2, async_save=True))
+    c.stop_at_step = 0  # > 0: stop there (the schedule still spans total_steps); equal-step runs
     c.log_every_steps = 10
     c.eval_every_steps = 500
     c.progress = True

@@ -12,7 +12,9 @@ A config (``ml_collections.ConfigDict``, see ``experiments/configs/toy.py``) nam
 * ``loss`` (a registered loss name), ``trainable``, ``grad_accum_steps``, ``ema_decay``,
   ``optimizer`` (``OptimizerConfig`` fields), ``mesh`` (``data``/``fsdp``/``tensor``, -1 fills),
   ``batch_size`` (global), ``total_steps``, ``seed``, ``checkpoint`` (``every_steps``,
-  ``max_to_keep``, ``async_save``), ``log_every_steps``, ``eval_every_steps``, ``progress``.
+  ``max_to_keep``, ``async_save``), ``log_every_steps``, ``eval_every_steps``, ``progress``;
+  optional ``stop_at_step`` (> 0: stop at that step while the learning-rate schedule still spans
+  ``total_steps``, e.g. to compare two runs at an equal step count).
 
 A workdir that holds checkpoints resumes from the newest one (train state, optimizer, RNG and
 data-iterator position), so re-running the same command continues an interrupted run and
@@ -67,6 +69,9 @@ def validate_config(config) -> jax.sharding.Mesh:
         if not isinstance(value, int) or value < (0 if field == "total_steps" else 1):
             raise ValueError(f"config.{field}={value!r} must be an int >= "
                              f"{0 if field == 'total_steps' else 1}")
+    stop = config.get("stop_at_step", 0)
+    if not isinstance(stop, int) or stop < 0:
+        raise ValueError(f"config.stop_at_step={stop!r} must be an int >= 0 (0 = total_steps)")
     if config.loss not in registered_losses():
         raise ValueError(f"config.loss={config.loss!r} is not registered; registered losses: "
                          f"{registered_losses()}")
@@ -135,9 +140,10 @@ def train_from_config(config, workdir: str, *, hooks: Sequence[Callable] = ()) -
         if ckpt.latest_step() is not None:
             trainer.restore(ckpt, data_iterator=iterator)
         writer = MetricsWriter(workdir, resume_step=trainer.step)
+        stop = config.get("stop_at_step", 0)
         trainer.fit(
             iterator,
-            config.total_steps,
+            min(stop, config.total_steps) if stop else config.total_steps,
             checkpointer=ckpt,
             checkpoint_every=config.checkpoint.every_steps,
             metrics_writer=writer,
