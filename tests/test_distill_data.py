@@ -174,6 +174,16 @@ def test_sft_batches_have_fixed_shapes_and_answer_targets(pkg, tokenizer):
     resumed = next(it2)
     for key in expected:
         np.testing.assert_array_equal(resumed[key], expected[key])
+    # max_target_tokens: target_index points at the logits that predict the answer tokens
+    packed = next(iter(distill.sft_pipeline(out, tokenizer, batch_size=4, max_length=L, seed=0,
+                                            image_config=IMAGES, max_target_tokens=48)))
+    for b in range(4):
+        index = packed["target_index"][b][packed["target_valid"][b] == 1]
+        np.testing.assert_array_equal(packed["input_ids"][b][index + 1],
+                                      packed["input_ids"][b][packed["loss_mask"][b] == 1])
+    with pytest.raises(Exception, match="max_target_tokens=2"):
+        next(iter(distill.sft_pipeline(out, tokenizer, batch_size=4, max_length=L, seed=0,
+                                       image_config=IMAGES, max_target_tokens=2)))
 
 
 def test_grpo_prompt_batches(pkg, tokenizer):

@@ -10,7 +10,7 @@ from flax import nnx
 import vlm_fixtures as vf
 from w2v_jax.hf import load_vlm
 from w2v_jax.train.losses import get_loss
-from w2v_jax.train.losses.sft import sft_batch, sft_loss
+from w2v_jax.train.losses.sft import sft_batch, sft_loss, target_positions
 
 V = 11
 
@@ -23,8 +23,14 @@ class TableLM(nnx.Module):
         self.table = nnx.Param(jnp.asarray(rng.standard_normal((V, V)), jnp.float32))
         self.bias = nnx.Param(jnp.zeros((batch, length, V), jnp.float32))
 
+    def hidden_states(self, input_ids, attention_mask=None, position_ids=None):
+        return self.table[...][input_ids] + self.bias[...], None
+
+    def logits(self, hidden):
+        return hidden
+
     def __call__(self, input_ids, attention_mask=None, position_ids=None):
-        return self.table[...][input_ids] + self.bias[...]
+        return self.logits(self.hidden_states(input_ids)[0])
 
 
 def _text_batch(seed=0, batch=4, length=9):
@@ -72,6 +78,25 @@ def test_equals_hand_computation():
     assert float(aux["accuracy_sum"]) == correct
     assert float(aux["tokens"]) == batch["attention_mask"].sum()
     np.testing.assert_allclose(float(loss), total / count, rtol=1e-5)
+
+
+def test_target_positions_give_the_same_loss():
+    batch = _text_batch()
+    index, valid = target_positions(batch["loss_mask"], batch["attention_mask"], 6)
+    # row 1: targets at tokens 2..5 (6..8 are padding) -> logit positions 1..4, then padding
+    np.testing.assert_array_equal(index[1], [1, 2, 3, 4, 0, 0])
+    np.testing.assert_array_equal(valid[1], [1, 1, 1, 1, 0, 0])
+    model = TableLM(4, 9)
+    full = {k: jnp.asarray(v) for k, v in batch.items()}
+    loss, aux = sft_loss(model, full, jax.random.key(0))
+    packed = {k: jnp.asarray(v) for k, v in sft_batch(batch, max_target_tokens=5).items()}
+    assert packed["target_index"].shape == (4, 5)
+    loss_k, aux_k = sft_loss(model, packed, jax.random.key(0))
+    np.testing.assert_allclose(float(loss_k), float(loss), rtol=1e-6)
+    for key in ("weight", "accuracy_sum", "tokens"):
+        assert float(aux_k[key]) == float(aux[key]), key
+    with pytest.raises(ValueError, match="example 0 has 5 target tokens > max_target_tokens=4"):
+        sft_batch(batch, max_target_tokens=4)
 
 
 def test_ignores_non_assistant_tokens():
@@ -182,3 +207,12 @@ def test_matches_hf_loss_with_images(tmp_path):
     assert float(aux["weight"]) == 8
     np.testing.assert_allclose(float(loss), ref, rtol=1e-5)
     np.testing.assert_allclose(float(loss_flat), ref, rtol=1e-5)
+    # the LM head at the target positions only: same loss and same gradient
+    packed = {k: jnp.asarray(v) for k, v in sft_batch(collated, max_target_tokens=6).items()}
+    grad = nnx.jit(nnx.grad(lambda m, b: sft_loss(m, b, jax.random.key(0))[0]))
+    with jax.default_matmul_precision("highest"):
+        loss_k, _ = nnx.jit(sft_loss)(model, packed, jax.random.key(0))
+        g_full, g_k = grad(model, batch), grad(model, packed)
+    np.testing.assert_allclose(float(loss_k), ref, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5),
+                 nnx.to_pure_dict(g_full), nnx.to_pure_dict(g_k))

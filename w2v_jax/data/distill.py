@@ -30,6 +30,7 @@ from w2v_jax.data import array_record, pipeline
 from w2v_jax.processing.chat import collate, encode_record, split_answer
 from w2v_jax.processing.image import ImageConfig, smart_resize
 from w2v_jax.supervision.package import builder_dir
+from w2v_jax.train.losses.sft import target_positions
 
 MAX_IMAGES = 2
 
@@ -65,8 +66,10 @@ class _Encode:
     """Picklable transform: stored example -> fixed-shape model inputs (one example)."""
 
     def __init__(self, tokenizer, *, max_length: int, patches_per_example: int, pad_id: int,
-                 image_config: ImageConfig, prompt_only: bool):
+                 image_config: ImageConfig, prompt_only: bool,
+                 max_target_tokens: int | None = None):
         self.tokenizer, self.max_length = tokenizer, int(max_length)
+        self.max_target_tokens = max_target_tokens
         self.patches, self.pad_id = int(patches_per_example), int(pad_id)
         self.image_config, self.prompt_only = image_config, prompt_only
 
@@ -82,6 +85,10 @@ class _Encode:
                         patches_per_example=self.patches, images_per_example=MAX_IMAGES)
         out = {k: v[0] for k, v in batch.items() if k != "position_ids"}
         out["position_ids"] = batch["position_ids"][:, 0]
+        if self.max_target_tokens is not None:
+            index, valid = target_positions(batch["loss_mask"], batch["attention_mask"],
+                                            self.max_target_tokens)
+            out["target_index"], out["target_valid"] = index[0], valid[0]
         if self.prompt_only:
             out["ground_truth"] = np.asarray(rec["ground_truth"])
             out["answer"] = np.asarray(rec["answer"])
@@ -97,7 +104,7 @@ def _to_batch_layout(batch: dict) -> dict:
 
 
 def _pipeline(package_dir, split, tokenizer, *, batch_size, max_length, image_size, image_config,
-              prompt_only, pad_id, **kwargs):
+              prompt_only, pad_id, max_target_tokens=None, **kwargs):
     if pad_id is None:
         pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     source = open_split(package_dir, split)
@@ -109,7 +116,8 @@ def _pipeline(package_dir, split, tokenizer, *, batch_size, max_length, image_si
     h, w = (image_size, image_size) if np.isscalar(image_size) else image_size
     transform = _Encode(tokenizer, max_length=max_length,
                         patches_per_example=MAX_IMAGES * patches_per_image(h, w, image_config),
-                        pad_id=pad_id, image_config=image_config, prompt_only=prompt_only)
+                        pad_id=pad_id, image_config=image_config, prompt_only=prompt_only,
+                        max_target_tokens=max_target_tokens)
     ds = pipeline.build_pipeline(source, batch_size=batch_size, transform=transform, **kwargs)
     return ds.map(_to_batch_layout)
 
@@ -124,16 +132,19 @@ def sft_pipeline(
     image_size: int | tuple[int, int] | None = None,
     image_config: ImageConfig = ImageConfig(),
     pad_id: int | None = None,
+    max_target_tokens: int | None = None,
     **kwargs: Any,
 ):
     """SFT batches (module doc) of a packaged split: full conversations, right padded, loss_mask
     on the answer. `image_size`: (H, W) of the stored views (read from the first record when
-    None). `pad_id`: default `<|endoftext|>`. Other keyword arguments go to
+    None). `pad_id`: default `<|endoftext|>`. `max_target_tokens=K` adds `target_index` /
+    `target_valid` (B, K) so the `sft` loss runs the LM head on the answer tokens only (a record
+    with a longer answer is malformed). Other keyword arguments go to
     `pipeline.build_pipeline` (seed, shuffle, num_epochs, drop_remainder, skip_malformed,
     num_workers, process_index / process_count, ...)."""
     return _pipeline(package_dir, split, tokenizer, batch_size=batch_size, max_length=max_length,
                      image_size=image_size, image_config=image_config, prompt_only=False,
-                     pad_id=pad_id, **kwargs)
+                     pad_id=pad_id, max_target_tokens=max_target_tokens, **kwargs)
 
 
 def grpo_pipeline(

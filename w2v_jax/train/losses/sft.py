@@ -12,7 +12,13 @@ it into micro-batches and shard it over ``("data", "fsdp")``):
   patches_per_example=P, images_per_example=I)``: zero padding patches last, ``(0, 0, 0)``
   padding grid rows), or absent for text-only; HF's flat ``[N, D]`` / ``[n, 3]`` layout is also
   accepted when calling the loss directly;
-* ``example_mask`` ``[B]`` optional (0 = a padding row that contributes nothing).
+* ``example_mask`` ``[B]`` optional (0 = a padding row that contributes nothing);
+* ``target_index`` int ``[B, K]`` + ``target_valid`` int ``[B, K]`` optional
+  (``sft_batch(..., max_target_tokens=K)``): the logit positions of each row's target tokens
+  (``target_positions``). With them the LM head and the cross-entropy run on ``K`` positions per
+  row instead of ``L``: the loss and its gradient are unchanged, the ``[B, L, V]`` logits are
+  never built (at 7B with a 152k vocabulary they are most of the activation memory), and the
+  step does ``B * (L - K) * D * V * 6`` fewer FLOPs.
 
 The model is ``Qwen2_5_VL`` (``encode_images`` + ``__call__(..., image_features=...)``).
 
@@ -34,10 +40,48 @@ from w2v_jax.models.lora import with_dropout_key
 from w2v_jax.train.losses.registry import register_loss
 
 
-def sft_batch(collated: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def target_positions(
+    loss_mask: np.ndarray, attention_mask: np.ndarray | None, max_target_tokens: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Host-side ``(target_index [B, K] int32, target_valid [B, K] int32)`` for ``K =
+    max_target_tokens``: row ``b`` lists, ascending, the logit positions ``i`` whose next token
+    ``i + 1`` is a target (``loss_mask * attention_mask``), then zeros with ``target_valid = 0``.
+
+    Raises ``ValueError`` naming the row when it has more than ``K`` targets (never truncates).
+    """
+    loss_mask = np.asarray(loss_mask)
+    if loss_mask.ndim != 2:
+        raise ValueError(f"loss_mask shape {loss_mask.shape}: expected (B, L)")
+    if not isinstance(max_target_tokens, (int, np.integer)) or max_target_tokens < 1:
+        raise ValueError(f"max_target_tokens={max_target_tokens!r}: must be an int >= 1")
+    weights = loss_mask[:, 1:] > 0
+    if attention_mask is not None:
+        weights &= np.asarray(attention_mask)[:, 1:] > 0
+    counts = weights.sum(axis=1)
+    if counts.max(initial=0) > max_target_tokens:
+        row = int(np.argmax(counts))
+        raise ValueError(
+            f"example {row} has {int(counts[row])} target tokens > max_target_tokens="
+            f"{max_target_tokens}; raise max_target_tokens (at most L - 1 = {weights.shape[1]})"
+        )
+    b = loss_mask.shape[0]
+    index = np.zeros((b, max_target_tokens), np.int32)
+    valid = np.zeros((b, max_target_tokens), np.int32)
+    for r in range(b):
+        pos = np.flatnonzero(weights[r])
+        index[r, : len(pos)] = pos
+        valid[r, : len(pos)] = 1
+    return index, valid
+
+
+def sft_batch(
+    collated: Mapping[str, Any], max_target_tokens: int | None = None
+) -> dict[str, np.ndarray]:
     """``processing.collate`` output -> the batch-major layout above (``position_ids`` to
     ``[B, 3, L]``; ``rope_deltas`` and ``mm_token_type_ids`` dropped). Use the per-example image
-    layout (``patches_per_example``/``images_per_example``) for Trainer batches."""
+    layout (``patches_per_example``/``images_per_example``) for Trainer batches.
+    ``max_target_tokens=K`` adds ``target_index`` / ``target_valid`` (``target_positions``) so the
+    loss computes logits at ``K`` positions per row only."""
     out = {
         k: np.asarray(v)
         for k, v in collated.items()
@@ -51,6 +95,10 @@ def sft_batch(collated: Mapping[str, Any]) -> dict[str, np.ndarray]:
                 f"collated position_ids shape {pos.shape}: expected (3, {b}, {length})"
             )
         out["position_ids"] = np.ascontiguousarray(pos.transpose(1, 0, 2))
+    if max_target_tokens is not None:
+        out["target_index"], out["target_valid"] = target_positions(
+            out["loss_mask"], out.get("attention_mask"), max_target_tokens
+        )
     return out
 
 
@@ -104,6 +152,11 @@ def sft_targets(batch: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
 
 def sft_logits(model, batch: Mapping[str, Any]) -> jax.Array:
     """Model logits ``[B, L, V]`` for an sft batch (layout in the module docstring)."""
+    return model.logits(sft_hidden(model, batch))
+
+
+def sft_hidden(model, batch: Mapping[str, Any]) -> jax.Array:
+    """Final-normed decoder states ``[B, L, D]`` for an sft batch (before the LM head)."""
     ids = batch["input_ids"]
     b, length = ids.shape
     kwargs = {}
@@ -126,7 +179,7 @@ def sft_logits(model, batch: Mapping[str, Any]) -> jax.Array:
         grid = batch["image_grid_thw"]
         kwargs["image_features"] = encode_batch_images(model, batch["pixel_values"], grid)
         kwargs["image_grid_thw"] = grid.reshape(-1, 3)  # lets eager calls check token counts
-    return model(ids, **kwargs)
+    return model.hidden_states(ids, **kwargs)[0]
 
 
 @register_loss("sft")
@@ -138,8 +191,19 @@ def sft_loss(model, batch: Mapping[str, Any], rng: jax.Array):
     ignores it.
     """
     model = with_dropout_key(model, rng)
-    logits = sft_logits(model, batch)[:, :-1].astype(jnp.float32)
+    hidden = sft_hidden(model, batch)[:, :-1]
     targets, weights = sft_targets(batch)
+    if "target_index" in batch:  # the LM head only at the K target positions of each row
+        index = batch["target_index"].astype(jnp.int32)
+        if index.ndim != 2 or index.shape[0] != hidden.shape[0]:
+            raise ValueError(
+                f"sft batch target_index shape {index.shape}: expected ({hidden.shape[0]}, K)"
+            )
+        hidden = jnp.take_along_axis(hidden, index[..., None], axis=1)
+        targets = jnp.take_along_axis(targets, index, axis=1)
+        valid = batch.get("target_valid", jnp.ones_like(index)).astype(jnp.float32)
+        weights = jnp.take_along_axis(weights, index, axis=1) * valid
+    logits = model.logits(hidden).astype(jnp.float32)
     xent = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     loss_sum = jnp.sum(xent * weights)
