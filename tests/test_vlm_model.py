@@ -239,5 +239,5 @@ def test_cache_decode_equals_full_forward_text_only():
             logits, cache = step(model, nxt, cache, 6 + i)
         full = nnx.jit(lambda m, x: m(x))(model, seq)
     np.testing.assert_allclose(np.asarray(logits[:, 0]), np.asarray(full[:, -1]), atol=1e-5)
-    assert cache[0]["k"].shape == (2, 10, 2, 16)
-    assert float(jnp.abs(cache[1]["v"][:, 9:]).max()) == 0.0  # never-written slot stays zero
+    assert cache[0]["k"].shape == (2, 2, 10, 16)  # (B, Hkv, S, D)
+    assert float(jnp.abs(cache[1]["v"][:, :, 9:]).max()) == 0.0  # never-written slot stays zero

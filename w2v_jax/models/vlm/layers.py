@@ -74,23 +74,26 @@ def attention(
     v: jax.Array,
     mask: jax.Array,
     scale: float,
+    kv_head_major: bool = False,
 ) -> jax.Array:
     """Masked softmax attention with grouped key/value heads.
 
-    q: ``(..., Lq, H, D)``; k, v: ``(..., Lk, Hkv, D)`` with ``H % Hkv == 0`` (query head ``h``
-    reads key head ``h // (H // Hkv)``, as HF's ``repeat_kv``); mask: bool broadcastable to
+    q: ``(..., Lq, H, D)``; k, v: ``(..., Lk, Hkv, D)`` (or ``(..., Hkv, Lk, D)`` with
+    ``kv_head_major``, the KV-cache layout) with ``H % Hkv == 0`` (query head ``h`` reads key
+    head ``h // (H // Hkv)``, as HF's ``repeat_kv``); mask: bool broadcastable to
     ``(..., Lq, Lk)`` (True = attend). Softmax runs in float32. Returns ``(..., Lq, H, D)``.
     """
     *lead, lq, h, d = q.shape
-    hkv = k.shape[-2]
+    hkv = k.shape[-3] if kv_head_major else k.shape[-2]
     groups = h // hkv
     qg = q.reshape(*lead, lq, hkv, groups, d)
-    scores = jnp.einsum("...qhgd,...khd->...hgqk", qg, k) * jnp.asarray(scale, q.dtype)
+    kv_spec = "...hkd" if kv_head_major else "...khd"
+    scores = jnp.einsum(f"...qhgd,{kv_spec}->...hgqk", qg, k) * jnp.asarray(scale, q.dtype)
     scores = scores.astype(jnp.float32)
     mask = mask[..., None, None, :, :]
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("...hgqk,...khd->...qhgd", probs, v)
+    out = jnp.einsum(f"...hgqk,{kv_spec}->...qhgd", probs, v)
     return out.reshape(*lead, lq, h, d)
 
 

@@ -1,9 +1,9 @@
 """Qwen2 text decoder of Qwen2.5-VL: GQA attention, RMSNorm, SwiGLU, sectioned M-RoPE, KV cache.
 
-KV cache: a list with one ``{"k": (B, S, Hkv, D), "v": (B, S, Hkv, D)}`` dict per layer
-(``init_cache``). A call with ``cache`` writes the new keys/values at slots
-``[cache_index, cache_index + L)`` and attends over all ``S`` slots, so prefill and decode are
-the same function with fixed shapes.
+KV cache: a list with one ``{"k": (B, Hkv, S, D), "v": (B, Hkv, S, D)}`` dict per layer
+(``init_cache``; head-major, so a decode step reads it without a transpose). A call with
+``cache`` writes the new keys/values at slots ``[cache_index, cache_index + L)`` and attends over
+all ``S`` slots, so prefill and decode are the same function with fixed shapes.
 """
 
 from __future__ import annotations
@@ -56,13 +56,17 @@ class TextAttention(nnx.Module):
         v = self.v_proj(x).reshape(b, length, self.num_kv_heads, self.head_dim)
         q = rope.apply_rotary(q, cos.astype(q.dtype), sin.astype(q.dtype))
         k = rope.apply_rotary(k, cos.astype(k.dtype), sin.astype(k.dtype))
-        if cache is not None:
-            start = (0, cache_index, 0, 0)
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start)
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)
-            cache = {"k": k, "v": v}
-            k, v = k.astype(q.dtype), v.astype(q.dtype)
-        out = layers.attention(q, k, v, mask, self.head_dim**-0.5)
+        if cache is None:
+            out = layers.attention(q, k, v, mask, self.head_dim**-0.5)
+        else:  # head-major cache (B, Hkv, S, D)
+            start = (0, 0, cache_index, 0)
+            new = {}
+            for name, x in (("k", k), ("v", v)):
+                x = jnp.swapaxes(x, 1, 2).astype(cache[name].dtype)
+                new[name] = jax.lax.dynamic_update_slice(cache[name], x, start)
+            cache = new
+            out = layers.attention(q, cache["k"].astype(q.dtype), cache["v"].astype(q.dtype),
+                                   mask, self.head_dim**-0.5, kv_head_major=True)
         return self.o_proj(out.reshape(b, length, -1)), cache
 
 
@@ -127,7 +131,7 @@ class TextModel(nnx.Module):
         """Zero KV cache with ``max_length`` slots per sequence (default dtype: compute dtype)."""
         t = self.cfg
         dtype = self.embed_tokens.dtype if dtype is None else dtype
-        shape = (batch, max_length, t.num_key_value_heads, t.head_dim)
+        shape = (batch, t.num_key_value_heads, max_length, t.head_dim)
         return [
             {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
             for _ in range(t.num_hidden_layers)
@@ -168,7 +172,7 @@ class TextModel(nnx.Module):
                 raise ValueError(
                     f"cache has {len(cache)} layers; the model has {t.num_hidden_layers}"
                 )
-            num_keys = cache[0]["k"].shape[1]
+            num_keys = cache[0]["k"].shape[2]
             query_pos = cache_index + jnp.arange(length)
         mask = query_pos[:, None] >= jnp.arange(num_keys)[None, :]  # (L, keys)
         mask = jnp.broadcast_to(mask, (b, length, num_keys))
