@@ -152,3 +152,19 @@ def test_pad_to():
     x, m = pipeline.pad_to(np.arange(6), 4)
     np.testing.assert_array_equal(x, [0, 1, 2, 3])
     assert m.all()
+
+
+def test_atomic_dir_replaces_on_success_and_keeps_the_old_on_error(tmp_path):
+    out = tmp_path / "out"
+    with ar.atomic_dir(str(out)) as tmp:
+        (tmp_path / tmp / "a.txt").write_text("first")
+    assert (out / "a.txt").read_text() == "first"
+    with pytest.raises(RuntimeError, match="boom"):
+        with ar.atomic_dir(str(out)) as tmp:
+            (tmp_path / tmp / "a.txt").write_text("second")
+            raise RuntimeError("boom")
+    assert (out / "a.txt").read_text() == "first"
+    with ar.atomic_dir(str(out)) as tmp:
+        (tmp_path / tmp / "b.txt").write_text("third")
+    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary left behind

@@ -31,11 +31,13 @@ existing, complete dataset of the same name and version is reused unless ``overw
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import tempfile
 import types
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -121,6 +123,37 @@ def _builder_class(name: str, version: str, description: str, features, splits):
     return types.new_class(
         camel, (tfds.core.GeneratorBasedBuilder,), {"skip_registration": True}, body
     )
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str) -> Iterator[str]:
+    """Yields a fresh temporary sibling directory of ``out_dir`` to write into.
+
+    On success the temporary directory replaces ``out_dir``. An existing ``out_dir`` is moved
+    aside first, deleted only after the rename, and put back if the rename fails. On any error
+    the temporary directory is deleted and ``out_dir`` is left as it was.
+    """
+    out_dir = os.path.abspath(out_dir)
+    parent, base = os.path.dirname(out_dir), os.path.basename(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(out_dir):
+            old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
+            os.replace(out_dir, os.path.join(old, "previous"))
+            try:
+                os.replace(tmp, out_dir)
+            except BaseException:
+                os.replace(os.path.join(old, "previous"), out_dir)
+                raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_dataset(

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 
 import numpy as np
 
@@ -86,10 +85,7 @@ def write_clips(
         )
     train, evals = sim_clips.split_scenes(sim_clips.scene_seeds(seed, num_scenes), eval_fraction, seed)
     splits = {"train": train, "eval": evals}
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    try:
+    with ar.atomic_dir(out_dir) as tmp:
         with tqdm(
             total=num_scenes, desc="render scenes", unit="scene", disable=not progress
         ) as bar:
@@ -131,21 +127,6 @@ def write_clips(
                 f,
                 indent=1,
             )
-        if exists:  # swap: move the old one aside, rename, then delete it
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
-            os.replace(out_dir, os.path.join(old, "previous"))
-            try:
-                os.replace(tmp, out_dir)
-            except BaseException:
-                os.replace(os.path.join(old, "previous"), out_dir)
-                shutil.rmtree(old, ignore_errors=True)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dict(path=out_dir, builder_dir=builder_dir(out_dir), splits=counts, scene_seeds=splits)
 
 

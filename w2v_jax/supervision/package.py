@@ -32,7 +32,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -254,11 +253,7 @@ def write_package(
         with open(os.path.join(shard_of[sid], name), "rb") as fh:
             png[f] = fh.read()
 
-    out_dir = os.path.abspath(out_dir)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    try:
+    with ar.atomic_dir(out_dir) as tmp:
         present = {name: recs for name, recs in splits.items() if recs}
         ar.write_dataset(
             tmp, DATASET_NAME, _features(),
@@ -277,14 +272,4 @@ def write_package(
             _write_jsonl(os.path.join(tmp, "eval.jsonl"), (grpo_json(r) for r in splits["eval"]))
         with open(os.path.join(tmp, "stats.json"), "w") as f:
             json.dump(stats, f, indent=1)
-        if os.path.exists(out_dir):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=parent)
-            os.replace(out_dir, os.path.join(old, "previous"))
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return stats
