@@ -20,7 +20,8 @@ it into micro-batches and shard it over ``("data", "fsdp")``):
   never built (at 7B with a 152k vocabulary they are most of the activation memory), and the
   step does ``B * (L - K) * D * V * 6`` fewer FLOPs.
 
-The model is ``Qwen2_5_VL`` (``encode_images`` + ``__call__(..., image_features=...)``).
+The model is ``Qwen2_5_VL`` (``encode_images``, ``hidden_states(..., image_features=...)`` and the
+LM head ``logits``).
 
 Returned ``aux`` holds sums (``loss_sum`` = summed cross-entropy of the target tokens, ``weight``
 = their count, ``accuracy_sum``, ``tokens`` = real input tokens), so the Trainer's micro-batch
@@ -148,11 +149,6 @@ def sft_targets(batch: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
     if "example_mask" in batch:
         weights = weights * batch["example_mask"].astype(jnp.float32)[:, None]
     return ids[:, 1:], weights
-
-
-def sft_logits(model, batch: Mapping[str, Any]) -> jax.Array:
-    """Model logits ``[B, L, V]`` for an sft batch (layout in the module docstring)."""
-    return model.logits(sft_hidden(model, batch))
 
 
 def sft_hidden(model, batch: Mapping[str, Any]) -> jax.Array:
