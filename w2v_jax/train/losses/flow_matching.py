@@ -14,14 +14,16 @@ dropped (``source_keep = 0``) so classifier-free guidance works at sampling time
 
 Registered (all with ``source_drop_prob = 0.1``):
 
-- ``flow_matching``: logit-normal t = sigmoid(N(0, 1)) (the SD3 default; median t = 0.5);
+- ``flow_matching``: logit-normal t = sigmoid(N(0, 1)) (the SD3 default; median t = 0.5); the
+  ``small`` world-model config trains with it;
 - ``flow_matching_high_noise``: t = sigmoid(N(1, 1)) (median t = 0.73): 84 % of the samples at
   t > 0.5, where the target view's layout is decided (the sampler's first steps), 4 % at t < 0.3,
-  where denoising is nearly a copy. The ``small`` world-model config trains with it;
+  where denoising is nearly a copy;
 - ``flow_matching_uniform``: t uniform in (0, 1);
 - ``flow_matching_terminal``: the SD3 default, but a quarter of the examples at exactly t = 1
   (pure noise: the sampler's first step, where the x0 target is the regression twin's task).
 
+None of the variants closed the box-IoU gap to the regression twin (README, world-model results).
 :func:`make_flow_matching` builds other variants.
 
 Both losses return ``aux`` with sums over examples: ``loss_sum`` (sum of per-example mean squared
