@@ -223,6 +223,17 @@ def sheet(rows, views: dict, path: str, num_rows: int, scale: int = 4) -> None:
     img.save(path)
 
 
+def trained_steps(workdir: str) -> int | None:
+    """Step of the newest checkpoint in ``workdir`` (the weights evaluated), None if none."""
+    from w2v_jax.train.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), async_save=False)
+    try:
+        return ckpt.latest_step()
+    finally:
+        ckpt.close()
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -274,7 +285,9 @@ def main(argv):
                 split=_SPLIT.value, model=run_config["model"], sampler=dict(
                     steps=_STEPS.value, method=_METHOD.value, cfg=_CFG.value, seed=_SEED.value),
                 ema=not _NO_EMA.value, sampling_seconds=round(sample_s, 1),
-                eval_seconds=round(time.time() - t0, 1), train_steps=run_config.get("total_steps"))
+                eval_seconds=round(time.time() - t0, 1), train_steps=trained_steps(workdir),
+                regression_train_steps=trained_steps(_REG.value) if _REG.value else None,
+                schedule_steps=run_config.get("total_steps"))
     summary = {"meta": meta, **results}
     with open(os.path.join(out_dir, "eval.json"), "w") as f:
         json.dump(summary, f, indent=1)

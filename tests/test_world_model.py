@@ -1,6 +1,9 @@
 """World model: rays, model, losses, sampler, Trainer integration (EMA, sharding), teachers,
 metrics and the clip pipeline. Tiny configs only (16 px, width 64, 2 layers)."""
+import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -241,6 +244,8 @@ def test_flow_time_distributions():
     spy, batch = _SpyModel(), _batch(64)
     get_loss("flow_matching_terminal")(spy, batch, jax.random.key(1))
     assert 0.1 < np.mean(spy.t == 1.0) < 0.45  # a quarter of the examples at exactly t = 1
+    get_loss("flow_matching_terminal_half")(spy, batch, jax.random.key(1))
+    assert 0.35 < np.mean(spy.t == 1.0) < 0.65  # half of them
     get_loss("flow_matching")(spy, batch, jax.random.key(1))
     assert not np.any(spy.t == 1.0)
     get_loss("flow_matching_high_noise")(spy, batch, jax.random.key(1))
@@ -453,3 +458,24 @@ def test_launcher_tiny_run_and_reload(tmp_path):
         np.asarray(model(b["source"], b["plucker_src"], b["target"], b["plucker_tgt"], t)),
         np.asarray(ema(b["source"], b["plucker_src"], b["target"], b["plucker_tgt"], t)), atol=1e-5)
     assert os.path.exists(tmp_path / "run" / "metrics.jsonl")
+
+    # the evaluation script on the held-out split: acceptance keys per split, the steps it read
+    out = tmp_path / "eval"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run(
+        [sys.executable, "-m", "experiments.eval_world_model", f"--workdir={tmp_path / 'run'}",
+         f"--regression_workdir={tmp_path / 'run'}", f"--data_dir={data['path']}",
+         "--steps=2", "--cfg=2.0", "--batch_size=4", "--max_pairs=6", "--sheet_rows=2",
+         f"--out={out}", f"--results_json={tmp_path / 'results.json'}"],
+        cwd=root, check=True, capture_output=True)
+    with open(tmp_path / "results.json") as f:
+        summary = json.load(f)
+    assert summary["meta"]["train_steps"] == summary["meta"]["regression_train_steps"] == 4
+    assert summary["all"]["num_pairs"] == 6
+    keys = ("psnr_covisible", "psnr_covisible_copy_source", "psnr_full", "ssim_full", "box_iou",
+            "box_iou_regression")
+    for split in ("moves", "turns", "presets"):
+        assert set(keys) <= set(summary.get(split, keys)), split
+    assert all(np.isfinite(summary["all"][k]) for k in keys), summary["all"]
+    assert summary["all"]["psnr_full_truth"] == 100.0  # the truth is the metric's ceiling
+    assert os.path.exists(out / "sheet.png") and os.path.exists(out / "eval.md")

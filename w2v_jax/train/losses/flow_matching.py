@@ -21,7 +21,8 @@ Registered (all with ``source_drop_prob = 0.1``):
   where denoising is nearly a copy;
 - ``flow_matching_uniform``: t uniform in (0, 1);
 - ``flow_matching_terminal``: the SD3 default, but a quarter of the examples at exactly t = 1
-  (pure noise: the sampler's first step, where the x0 target is the regression twin's task).
+  (pure noise: the sampler's first step, where the x0 target is the regression twin's task);
+- ``flow_matching_terminal_half``: the same with half of the examples at t = 1.
 
 None of the variants closed the box-IoU gap to the regression twin (README, world-model results).
 :func:`make_flow_matching` builds other variants.
@@ -128,6 +129,8 @@ flow_matching_high_noise = register_loss("flow_matching_high_noise")(
 flow_matching_uniform = register_loss("flow_matching_uniform")(make_flow_matching("uniform"))
 flow_matching_terminal = register_loss("flow_matching_terminal")(
     make_flow_matching(terminal_prob=0.25))
+flow_matching_terminal_half = register_loss("flow_matching_terminal_half")(
+    make_flow_matching(terminal_prob=0.5))
 
 
 @register_loss("regression")
