@@ -35,6 +35,7 @@ from absl import app, flags
 from w2v_jax import actions, geometry
 from w2v_jax.models import world_model as wm
 from w2v_jax.models.world_model import metrics
+from w2v_jax.train.checkpoint import Checkpointer
 
 SPLITS = {"moves": ("forward", "backward", "left", "right"), "turns": ("turn_left", "turn_right")}
 
@@ -225,8 +226,6 @@ def sheet(rows, views: dict, path: str, num_rows: int, scale: int = 4) -> None:
 
 def trained_steps(workdir: str) -> int | None:
     """Step of the newest checkpoint in ``workdir`` (the weights evaluated), None if none."""
-    from w2v_jax.train.checkpoint import Checkpointer
-
     ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), async_save=False)
     try:
         return ckpt.latest_step()
@@ -292,9 +291,9 @@ def main(argv):
     with open(os.path.join(out_dir, "eval.json"), "w") as f:
         json.dump(summary, f, indent=1)
     header = (f"World model `{os.path.basename(workdir)}` on {results['all']['num_pairs']} "
-              f"held-out "
-              f"pairs ({_METHOD.value}, {_STEPS.value} steps, cfg {_CFG.value}); 'truth' rows are "
-              "the metric's ceiling (reprojection L1 of the true view is the sampling floor).")
+              f"held-out pairs ({_METHOD.value}, {_STEPS.value} steps, cfg {_CFG.value}); 'truth' "
+              "rows are the metric's ceiling (reprojection L1 of the true view is the sampling "
+              "floor).")
     table = markdown(results, methods, header)
     with open(os.path.join(out_dir, "eval.md"), "w") as f:
         f.write(table + "\n")
