@@ -1,6 +1,8 @@
 """Orbax checkpoints: cross-mesh restore with the data iterator, keep-N, atomicity, fit()."""
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +94,32 @@ def test_keep_n_atomic_and_raw_restore(tmp_path):
         assert int(state["step"]) == 4 and data_state == {"pos": 4} and meta == {"note": "x"}
     with pytest.raises(ValueError, match="max_to_keep=0"):
         Checkpointer(tmp_path / "other", max_to_keep=0)
+
+
+def test_raw_restore_in_a_process_with_fewer_devices(tmp_path):
+    """A state saved sharded over 4 devices loads with ``restore_raw`` in a one-device process
+    (e.g. evaluating on one CPU device a run trained with ``--cpu_devices``)."""
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:4]), ("data",))
+    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    w = jax.device_put(jnp.arange(8.0).reshape(4, 2), spec)
+    replicated = jax.device_put(jnp.ones((3,)), jax.sharding.NamedSharding(
+        mesh, jax.sharding.PartitionSpec()))
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(7, {"w": w, "b": replicated, "step": jnp.int32(7)})
+        ckpt.wait()
+    code = (
+        "import jax, json, sys; from w2v_jax.train.checkpoint import Checkpointer\n"
+        "assert len(jax.devices()) == 1\n"
+        "raw = Checkpointer(sys.argv[1]).restore_raw()\n"
+        "print(json.dumps({k: v.tolist() for k, v in raw.items()}))\n")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    raw = json.loads(run.stdout.strip().splitlines()[-1])
+    assert raw == {"w": np.arange(8.0).reshape(4, 2).tolist(), "b": [1.0, 1.0, 1.0], "step": 7}
 
 
 def test_fit_checkpoints_logs_and_always_saves_final_step(base_model, tmp_path):

@@ -94,11 +94,22 @@ class Checkpointer:
         return out["state"], (out["data"] or {}).get("iterator"), dict(out["meta"] or {})
 
     def restore_raw(self, step: int | None = None) -> Any:
-        """The saved state pytree as host numpy arrays (no target needed; for inspection)."""
+        """The saved state pytree as host numpy arrays (no target needed; for inspection and
+        single-device use). Works whatever mesh wrote it: every array is read onto this
+        process's first device, so a run saved on N devices loads on one."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise ValueError(f"no checkpoint in {self.directory}")
-        out = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        with ocp.StandardCheckpointer() as reader:
+            saved = reader.metadata(os.path.join(self.directory, str(step), "state"))
+        tree = saved.item_metadata
+        tree = getattr(tree, "tree", tree)
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda m: (jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device)
+                       if hasattr(m, "shape") and hasattr(m, "dtype") else m), tree)
+        out = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         return jax.tree.map(np.asarray, out["state"])
 
     def restore_json(self, step: int, item: str = "data") -> Any:
