@@ -5,6 +5,11 @@ All logic lives in ``w2v_jax.train.run.train_from_config`` (call it from a noteb
 with the same config). A workdir holding checkpoints resumes automatically. ``--multihost`` joins
 a multi-process job with ``jax.distributed.initialize()`` first (TPU pods, SLURM / Open MPI GPU
 clusters: run the same command on every host).
+
+``--cpu_devices=N`` splits a CPU host into N XLA devices before JAX starts
+(``jax_num_cpu_devices``). XLA:CPU runs each device's work on its own thread, so on a 2-core box
+``--cpu_devices=2 --config.mesh.data=2`` (data parallel) runs the ``small`` world model's step
+about twice as fast as one device does.
 """
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -12,6 +17,16 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a get_config(arg) file[:arg].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", 0, "> 0: split the CPU into this many XLA devices before JAX starts "
+    "(jax_num_cpu_devices); pair it with --config.mesh.data=N for data parallelism.")
+
+
+def set_cpu_devices(n: int) -> None:
+    """Ask XLA for ``n`` host (CPU) devices; JAX raises if its backends have already started."""
+    import jax
+
+    jax.config.update("jax_num_cpu_devices", n)
 
 
 def main(argv):
@@ -19,6 +34,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config and --workdir are required")
+    if _CPU_DEVICES.value < 0:
+        raise app.UsageError(f"--cpu_devices must be >= 0, got {_CPU_DEVICES.value}")
+    if _CPU_DEVICES.value:
+        set_cpu_devices(_CPU_DEVICES.value)
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     if _MULTIHOST.value:

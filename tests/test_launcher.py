@@ -179,3 +179,28 @@ def test_sigkill_mid_run_then_resume_matches_straight_run(common_flags, tmp_path
     for x, y in zip(jax.tree.leaves(final(straight, steps)[0]),
                     jax.tree.leaves(final(killed, steps)[0])):
         np.testing.assert_array_equal(x, y)
+
+
+def test_cpu_devices_flag_splits_the_host_for_data_parallel_training(tmp_path):
+    """``--cpu_devices=2 --config.mesh.data=2`` in a fresh process: JAX sees two CPU devices and
+    the toy run trains on the 2-way data mesh; a negative value is refused."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    base = [sys.executable, "-m", "experiments.train", f"--config={CONFIG}",
+            "--config.batch_size=4", "--config.model.max_len=16", "--config.data.seq_len=16",
+            "--config.data.num_examples=32", "--config.data.num_eval=0",
+            "--config.eval_every_steps=0", "--config.progress=False",
+            f"--config.data.data_dir={tmp_path / 'data'}"]
+    run = subprocess.run(base + [f"--workdir={tmp_path / 'run'}", "--cpu_devices=2",
+                                 "--config.mesh.data=2", "--config.total_steps=2"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert sorted(losses(tmp_path / "run")) == [1, 2]
+    # without the flag the same mesh cannot be built from the one default CPU device
+    one = subprocess.run(base + [f"--workdir={tmp_path / 'one'}", "--config.mesh.data=2",
+                                 "--config.total_steps=2"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode != 0 and "mesh" in one.stderr.lower(), one.stderr[-2000:]
+    bad = subprocess.run(base + [f"--workdir={tmp_path / 'bad'}", "--cpu_devices=-1"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "--cpu_devices must be >= 0" in bad.stderr
