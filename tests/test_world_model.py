@@ -64,9 +64,9 @@ def _randomize(model, seed=0, scale=0.05):
     return model
 
 
-def _tiny(prediction="x0", seed=0):
-    return sharding.create_unsharded(
-        lambda: wm.WorldModel(TINY.replace(prediction=prediction), rngs=nnx.Rngs(seed)))
+def _tiny(prediction="x0", seed=0, self_condition=False):
+    config = TINY.replace(prediction=prediction, self_condition=self_condition)
+    return sharding.create_unsharded(lambda: wm.WorldModel(config, rngs=nnx.Rngs(seed)))
 
 
 # ------------------------------------------------------------------------------------ rays
@@ -173,6 +173,8 @@ def test_config_presets_and_validation():
         wm.WorldModelConfig(prediction="eps")
     with pytest.raises(ValueError, match="preset"):
         wm.WorldModelConfig.preset("huge")
+    with pytest.raises(ValueError, match="self_condition"):
+        wm.WorldModelConfig(prediction="regression", self_condition=True)
     with sharding.rules_context(sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])):
         abstract = nnx.eval_shape(lambda: wm.WorldModel(wm.WorldModelConfig.preset("seva_scale"),
                                                         rngs=nnx.Rngs(0)))
@@ -191,11 +193,30 @@ def test_model_shapes_roles_and_input_errors():
     with pytest.raises(ValueError, match="target_rays"):
         model(b["source"], b["plucker_src"], b["target"], b["plucker_tgt"][..., :3],
               jnp.zeros((2,)))
+    with pytest.raises(ValueError, match="self_condition is False"):
+        model(b["source"], b["plucker_src"], b["target"], b["plucker_tgt"], jnp.zeros((2,)),
+              self_cond=b["target"])
     # every parameter carries logical names from the shared set
     allowed = {name for name, _ in sharding.LOGICAL_RULES}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         names = var.get_metadata().get("out_sharding")
         assert names is not None and set(names) <= allowed, (path, names)
+
+
+def test_self_conditioning_input():
+    b = _batch(2)
+    args = (b["source"], b["plucker_src"], b["target"], b["plucker_tgt"], jnp.full((2,), 0.5))
+    fresh = _tiny(self_condition=True)
+    # zero-initialised projection: a new model ignores the estimate
+    np.testing.assert_array_equal(np.asarray(fresh(*args, self_cond=b["target"])),
+                                  np.asarray(fresh(*args)))
+    model = _randomize(fresh)
+    none, zeros = model(*args), model(*args, self_cond=jnp.zeros_like(b["target"]))
+    np.testing.assert_allclose(np.asarray(none), np.asarray(zeros), atol=1e-6)
+    assert not np.allclose(np.asarray(model(*args, self_cond=b["target"])), np.asarray(none))
+    with pytest.raises(ValueError, match="self_cond"):
+        model(*args, self_cond=b["target"][..., :2])
+    assert hasattr(model, "self_cond_embed") and not hasattr(_tiny(), "self_cond_embed")
 
 
 def test_flow_matching_loss_decreases_and_ema_update():
@@ -230,6 +251,76 @@ class _SpyModel:
     def __call__(self, source, source_rays, target, target_rays, t, source_keep=None):
         self.t = np.asarray(t)
         return jnp.zeros_like(target)
+
+
+class _SelfCondSpy:
+    """Records every call of a self-conditioned loss; predicts 2 * x_t (clipped to an estimate)."""
+
+    config = wm.WorldModelConfig.preset("tiny").replace(self_condition=True)
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, source, source_rays, target, target_rays, t, source_keep=None,
+                 self_cond=None):
+        self.calls.append(dict(x_t=np.asarray(target), t=np.asarray(t), keep=np.asarray(source_keep),
+                               self_cond=None if self_cond is None else np.asarray(self_cond)))
+        return 2.0 * target
+
+
+def test_self_conditioned_loss_feeds_first_pass_estimate():
+    spy, batch = _SelfCondSpy(), _batch(8)
+    get_loss("flow_matching_self_cond")(spy, batch, jax.random.key(3))
+    first, second = spy.calls
+    assert first["x_t"].shape[0] == 4 and first["self_cond"] is None  # half of the batch
+    np.testing.assert_array_equal(first["x_t"], second["x_t"][:4])  # same noisy inputs,
+    np.testing.assert_array_equal(first["keep"], second["keep"][:4])  # same CFG dropout
+    np.testing.assert_allclose(second["self_cond"][:4], np.clip(2.0 * first["x_t"], -1, 1))
+    assert not np.any(second["self_cond"][4:])  # the other half: no estimate
+    # the estimate carries no gradient: with out = w * (x_t + self_cond), d loss / d w equals the
+    # gradient of the same loss with the estimate held constant
+    x_t, x0 = second["x_t"], np.asarray(batch["target"])
+
+    class Scaled(_SelfCondSpy):
+        def __init__(self, w):
+            self.w = w
+
+        def __call__(self, source, source_rays, target, target_rays, t, source_keep=None,
+                     self_cond=None):
+            return self.w * (target + (0.0 if self_cond is None else self_cond))
+
+    def through_loss(w):
+        return get_loss("flow_matching_self_cond")(Scaled(w), batch, jax.random.key(3))[0]
+
+    def held_constant(w):
+        est = np.clip(0.3 * x_t[:4], -1, 1)  # the first pass at w = 0.3, as a constant
+        est = np.concatenate([est, np.zeros_like(est)])
+        return jnp.mean(jnp.mean(jnp.square(w * (x_t + est) - x0), axis=(1, 2, 3, 4)))
+
+    np.testing.assert_allclose(float(through_loss(0.3)), float(held_constant(0.3)), rtol=1e-5)
+    np.testing.assert_allclose(float(jax.grad(through_loss)(0.3)),
+                               float(jax.grad(held_constant)(0.3)), rtol=1e-4)
+    model = _randomize(_tiny(self_condition=True))
+    with pytest.raises(ValueError, match="self_cond_prob > 0"):
+        get_loss("flow_matching")(model, batch, jax.random.key(0))
+    with pytest.raises(ValueError, match="self_cond_prob = 0"):
+        get_loss("flow_matching_self_cond")(_tiny(), batch, jax.random.key(0))
+    from w2v_jax.train.losses import flow_matching as fm
+    with pytest.raises(ValueError, match="self_cond_prob"):
+        fm.make_flow_matching(self_cond_prob=2.0)
+
+
+def test_self_conditioned_loss_decreases():
+    batch = _batch(8)
+    trainer = Trainer(_tiny(self_condition=True), OptimizerConfig(learning_rate=3e-3),
+                      "flow_matching_self_cond", total_steps=25)
+    before = trainer.evaluate([batch])["eval_loss"]
+    for _ in range(25):
+        trainer.train_step(batch)
+    after = trainer.evaluate([batch])["eval_loss"]
+    assert after < 0.9 * before, (before, after)
+    sc = trainer.state["params"]["self_cond_embed"]["kernel"]
+    assert float(jnp.abs(jnp.asarray(sc)).max()) > 0  # the estimate's projection was trained
 
 
 def test_flow_time_distributions():
@@ -313,6 +404,17 @@ def test_sampler_shapes_and_determinism():
     np.testing.assert_allclose(np.asarray(one), np.asarray(x0), atol=1e-5)
     with pytest.raises(ValueError, match="method"):
         wm.sample(model, *args, key=jax.random.key(0), method="rk4")
+    # a self-conditioned model gets zeros first, then the previous step's clipped x0
+    sc_model = _randomize(_tiny(self_condition=True), scale=0.2)
+    call = nnx.jit(lambda m, x, t, est: m(b["source"], b["plucker_src"], x, b["plucker_tgt"],
+                                          jnp.full((2,), t), self_cond=est))
+    x0_first = jnp.clip(call(sc_model, noise, 1.0, jnp.zeros_like(noise)), -1, 1)
+    x_half = noise + (0.5 - 1.0) * (noise - x0_first) / 1.0
+    x0_second = jnp.clip(call(sc_model, x_half, 0.5, x0_first), -1, 1)
+    two = wm.sample(sc_model, *args, key=jax.random.key(7), steps=2)
+    np.testing.assert_allclose(np.asarray(two), np.asarray(x0_second), atol=1e-5)
+    without = jnp.clip(call(sc_model, x_half, 0.5, jnp.zeros_like(noise)), -1, 1)
+    assert not np.allclose(np.asarray(two), np.asarray(without), atol=1e-4)
     reg = _randomize(_tiny("regression"))
     y1 = wm.sample(reg, *args, key=jax.random.key(0))
     y2 = wm.sample(reg, *args, key=jax.random.key(1))

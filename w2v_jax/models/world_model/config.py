@@ -36,6 +36,10 @@ class WorldModelConfig:
         ``"velocity"`` (``noise - x0`` of the rectified flow ``x_t = (1 - t) x0 + t noise``);
         ``"regression"`` marks the deterministic twin: one pass with an empty (zero) target slot at
         t = 1 that outputs the clean image (trained by the ``regression`` loss).
+    self_condition: the target tokens also embed the model's own previous clean-image estimate
+        (self-conditioning, Chen et al. 2022): the loss feeds a no-gradient first pass's x0 to part
+        of the batch, the sampler feeds each step's x0 to the next step (zeros = no estimate).
+        Only for ``"x0"`` / ``"velocity"``; adds one zero-initialised patch projection.
     dtype: activation/compute dtype (parameters stay float32).
     """
 
@@ -49,6 +53,7 @@ class WorldModelConfig:
     num_target: int = 1
     time_freq_dim: int = 256
     prediction: str = "x0"
+    self_condition: bool = False
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -74,6 +79,13 @@ class WorldModelConfig:
             raise ValueError(
                 f"WorldModelConfig.prediction must be one of {PREDICTIONS}, "
                 f"got {self.prediction!r}")
+        if not isinstance(self.self_condition, bool):
+            raise ValueError(
+                f"WorldModelConfig.self_condition must be a bool, got {self.self_condition!r}")
+        if self.self_condition and self.prediction == "regression":
+            raise ValueError(
+                "WorldModelConfig.self_condition=True needs prediction 'x0' or 'velocity' (the "
+                "one-pass regression twin has no previous estimate), got 'regression'")
         if self.dtype not in DTYPES:
             raise ValueError(f"WorldModelConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
 

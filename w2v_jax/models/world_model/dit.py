@@ -9,6 +9,9 @@ first source camera's OpenCV frame, in metres (never renormalised: "move 1 m" is
     all views:  (M + N) * (H/p)^2 tokens -> depth x [adaLN-Zero(t) self-attention + MLP]
     targets:    adaLN-modulated norm -> linear -> patches -> (N, H, W, 3)
 
+With ``config.self_condition`` each target view's previous clean-image estimate (N, H, W, 3) is
+patchified, projected by its own zero-initialised linear layer and added to that view's tokens.
+
 What the output means (clean image or velocity) is ``config.prediction``; the sampler and the losses
 read it from the config. Every parameter carries logical axis names (``w2v_jax.train.sharding``), so
 build it inside ``rules_context(mesh)`` (or with ``sharding.create_sharded`` /
@@ -156,6 +159,8 @@ class WorldModel(nnx.Module):
     - ``source_keep`` optional (B,) in {0, 1}: 0 drops the source images (pixels zeroed and a
       learned null embedding added) — the unconditional branch of classifier-free guidance. The
       rays always stay.
+    - ``self_cond`` optional (B, N, H, W, 3) in [-1, 1], only with ``config.self_condition``: the
+      model's previous clean-image estimate of each target (None or zeros = no estimate).
 
     Returns (B, N, H, W, 3) float32: the clean-image or velocity prediction (``config.prediction``).
     """
@@ -166,6 +171,9 @@ class WorldModel(nnx.Module):
         in_dim = config.patch_size ** 2 * (RGB_CHANNELS + RAY_CHANNELS)
         out_dim = config.patch_size ** 2 * RGB_CHANNELS
         self.patch_embed = _linear(in_dim, d, ("patch", "embed"), rngs, dtype=dt)
+        if config.self_condition:
+            self.self_cond_embed = _linear(out_dim, d, ("patch", "embed"), rngs, init=_zeros,
+                                           dtype=dt)
         self.row_embed = nnx.Param(_normal(rngs.params(), (config.grid, d)),
                                    out_sharding=("length", "embed"))
         self.col_embed = nnx.Param(_normal(rngs.params(), (config.grid, d)),
@@ -187,13 +195,18 @@ class WorldModel(nnx.Module):
                 f"WorldModel input {name} must have shape (B, {', '.join(map(str, want))}), "
                 f"got {tuple(x.shape)}")
 
-    def __call__(self, source, source_rays, target, target_rays, t, source_keep=None):
+    def __call__(self, source, source_rays, target, target_rays, t, source_keep=None,
+                 self_cond=None):
         cfg = self.config
         m, n = cfg.num_source, cfg.num_target
         self._check("source", source, m, RGB_CHANNELS)
         self._check("source_rays", source_rays, m, RAY_CHANNELS)
         self._check("target", target, n, RGB_CHANNELS)
         self._check("target_rays", target_rays, n, RAY_CHANNELS)
+        if self_cond is not None:
+            if not cfg.self_condition:
+                raise ValueError("WorldModel got self_cond but config.self_condition is False")
+            self._check("self_cond", self_cond, n, RGB_CHANNELS)
         b = source.shape[0]
         if t.shape != (b,):
             raise ValueError(f"WorldModel input t must have shape ({b},), got {tuple(t.shape)}")
@@ -214,6 +227,12 @@ class WorldModel(nnx.Module):
         null = jnp.zeros((b, m + n, 1, cfg.width), jnp.float32).at[:, :m].set(
             (1.0 - keep)[:, None, None, None] * self.null_source[...])
         tokens = tokens + (pos[None, None] + role[None, :, None, :] + null).astype(dt)
+        if cfg.self_condition:
+            estimate = (jnp.zeros_like(target) if self_cond is None
+                        else jnp.asarray(self_cond, jnp.float32))
+            sc = self.self_cond_embed(patchify(estimate.astype(dt), cfg.patch_size))
+            tokens = tokens + jnp.concatenate(
+                [jnp.zeros((b, m) + sc.shape[2:], sc.dtype), sc], axis=1)
         x = tokens.reshape(b, (m + n) * cfg.tokens_per_view, cfg.width)
 
         c = self.time_embed(t)

@@ -9,6 +9,8 @@ velocity model. Heun (2nd order) uses Euler on the last interval (t -> 0), so it
 Classifier-free guidance: ``out = out_uncond + cfg_scale * (out_cond - out_uncond)`` where the
 unconditional branch drops the source images (``source_keep = 0``); ``cfg_scale = 1`` skips it.
 A ``"regression"`` model is evaluated once (zero target slot at t = 1) and ignores steps/CFG/key.
+A self-conditioned model (``config.self_condition``) gets the guided, clipped x0 of the previous
+network evaluation as its ``self_cond`` input (zeros at the first), in both CFG branches.
 """
 from __future__ import annotations
 
@@ -21,21 +23,26 @@ from flax import nnx
 METHODS = ("euler", "heun")
 
 
-def _denoise(model, source, source_rays, x, target_rays, t, cfg_scale: float):
-    """Guided network output turned into ``(velocity, x0_hat)``; ``t`` is a scalar in (0, 1]."""
+def _denoise(model, source, source_rays, x, target_rays, t, cfg_scale: float, estimate):
+    """Guided network output turned into ``(velocity, x0_hat)``; ``t`` is a scalar in (0, 1].
+
+    ``estimate`` (B, N, H, W, 3): the previous x0 (the ``self_cond`` input of a self-conditioned
+    model; unused otherwise)."""
     b = x.shape[0]
     tb = jnp.full((b,), t, jnp.float32)
+    sc = estimate if model.config.self_condition else None
     if cfg_scale == 1.0:
-        out = model(source, source_rays, x, target_rays, tb)
+        out = model(source, source_rays, x, target_rays, tb, self_cond=sc)
     else:
         keep = jnp.concatenate([jnp.ones((b,)), jnp.zeros((b,))])
         both = model(*(jnp.concatenate([a, a]) for a in (source, source_rays, x, target_rays)),
-                     jnp.concatenate([tb, tb]), source_keep=keep)
+                     jnp.concatenate([tb, tb]), source_keep=keep,
+                     self_cond=None if sc is None else jnp.concatenate([sc, sc]))
         out = both[b:] + cfg_scale * (both[:b] - both[b:])
     if model.config.prediction == "x0":
         x0 = jnp.clip(out, -1.0, 1.0)
         return (x - x0) / t, x0
-    return out, x - t * out
+    return out, jnp.clip(x - t * out, -1.0, 1.0)
 
 
 @functools.partial(nnx.jit, static_argnames=("steps", "method", "cfg_scale"))
@@ -44,25 +51,29 @@ def _sample_flow(model, source, source_rays, target_rays, key, *, steps, method,
     x = jax.random.normal(key, shape, jnp.float32)
     times = jnp.linspace(1.0, 0.0, steps + 1)
 
-    def v_at(x, t):
-        return _denoise(model, source, source_rays, x, target_rays, t, cfg_scale)[0]
+    def v_at(x, t, estimate):
+        return _denoise(model, source, source_rays, x, target_rays, t, cfg_scale, estimate)
 
-    def heun_step(i, x):
+    def heun_step(i, carry):
+        x, estimate = carry
         t, t_next = times[i], times[i + 1]
-        v1 = v_at(x, t)
+        v1, estimate = v_at(x, t, estimate)
         x_euler = x + (t_next - t) * v1
-        v2 = v_at(x_euler, t_next)
-        return x + (t_next - t) * 0.5 * (v1 + v2)
+        v2, estimate = v_at(x_euler, t_next, estimate)
+        return x + (t_next - t) * 0.5 * (v1 + v2), estimate
 
-    def euler_step(i, x):
-        return x + (times[i + 1] - times[i]) * v_at(x, times[i])
+    def euler_step(i, carry):
+        x, estimate = carry
+        v, estimate = v_at(x, times[i], estimate)
+        return x + (times[i + 1] - times[i]) * v, estimate
 
+    carry = (x, jnp.zeros_like(x))
     if method == "heun":
-        x = jax.lax.fori_loop(0, steps - 1, heun_step, x)
-        x = euler_step(steps - 1, x)
+        carry = jax.lax.fori_loop(0, steps - 1, heun_step, carry)
+        carry = euler_step(steps - 1, carry)
     else:
-        x = jax.lax.fori_loop(0, steps, euler_step, x)
-    return jnp.clip(x, -1.0, 1.0)
+        carry = jax.lax.fori_loop(0, steps, euler_step, carry)
+    return jnp.clip(carry[0], -1.0, 1.0)
 
 
 @nnx.jit

@@ -15,14 +15,17 @@ dropped (``source_keep = 0``) so classifier-free guidance works at sampling time
 Registered (all with ``source_drop_prob = 0.1``):
 
 - ``flow_matching``: logit-normal t = sigmoid(N(0, 1)) (the SD3 default; median t = 0.5); the
-  ``small`` world-model config trains with it;
+  ``small_plain`` world-model config trains with it;
 - ``flow_matching_high_noise``: t = sigmoid(N(1, 1)) (median t = 0.73): 84 % of the samples at
   t > 0.5, where the target view's layout is decided (the sampler's first steps), 4 % at t < 0.3,
   where denoising is nearly a copy;
 - ``flow_matching_uniform``: t uniform in (0, 1);
 - ``flow_matching_terminal``: the SD3 default, but a quarter of the examples at exactly t = 1
   (pure noise: the sampler's first step, where the x0 target is the regression twin's task);
-- ``flow_matching_terminal_half``: the same with half of the examples at t = 1.
+- ``flow_matching_terminal_half``: the same with half of the examples at t = 1;
+- ``flow_matching_self_cond``: ``flow_matching_terminal`` plus self-conditioning on half of the
+  batch (for a model with ``config.self_condition``; the sampler then feeds each step's x0 to the
+  next); the ``small`` world-model config trains with it.
 
 None of the variants closed the box-IoU gap to the regression twin (README, world-model results).
 :func:`make_flow_matching` builds other variants.
@@ -70,14 +73,23 @@ def _per_example_mse(pred, target):
     return jnp.mean(jnp.square(pred - target), axis=tuple(range(1, pred.ndim)))
 
 
+def _implied_x0(out, x_t, tb, prediction):
+    """The clean image implied by a network output (``x0`` or velocity ``eps - x0``)."""
+    return out if prediction == "x0" else x_t - tb * out
+
+
 def make_flow_matching(time_sampling: str = "logit_normal", source_drop_prob: float = 0.1,
                        time_mean: float = 0.0, time_std: float = 1.0,
-                       terminal_prob: float = 0.0):
+                       terminal_prob: float = 0.0, self_cond_prob: float = 0.0):
     """A rectified-flow loss ``fn(model, batch, rng) -> (loss, aux)`` with these options.
 
     ``time_sampling``: 'logit_normal' (sigmoid of N(time_mean, time_std)) or 'uniform'.
     ``source_drop_prob``: probability of dropping an example's source images (the CFG
     unconditional branch). ``terminal_prob``: probability that an example's t is exactly 1.
+    ``self_cond_prob`` > 0 (needs ``model.config.self_condition``): the first
+    ``round(B * self_cond_prob)`` examples of the (shuffled) batch first get a no-gradient pass
+    without an estimate; its clipped x0 is their ``self_cond`` input in the trained pass, the
+    others get zeros. That extra forward costs about ``self_cond_prob / 3`` of a training step.
     """
     if time_sampling not in TIME_SAMPLINGS:
         raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
@@ -87,6 +99,8 @@ def make_flow_matching(time_sampling: str = "logit_normal", source_drop_prob: fl
         raise ValueError(f"terminal_prob must be in [0, 1], got {terminal_prob}")
     if not 0.0 <= source_drop_prob < 1.0:
         raise ValueError(f"source_drop_prob must be in [0, 1), got {source_drop_prob}")
+    if not 0.0 <= self_cond_prob <= 1.0:
+        raise ValueError(f"self_cond_prob must be in [0, 1], got {self_cond_prob}")
 
     def loss_fn(model, batch, rng):
         prediction = model.config.prediction
@@ -94,6 +108,12 @@ def make_flow_matching(time_sampling: str = "logit_normal", source_drop_prob: fl
             raise ValueError(
                 f"flow_matching needs model.config.prediction in ('x0', 'velocity'), got "
                 f"{prediction!r} (use the 'regression' loss for a regression model)")
+        self_condition = bool(getattr(model.config, "self_condition", False))
+        if self_condition != (self_cond_prob > 0):
+            want = ("self_cond_prob > 0 (e.g. flow_matching_self_cond)" if self_condition
+                    else "self_cond_prob = 0")
+            raise ValueError(f"model.config.self_condition={self_condition} needs a loss with "
+                             f"{want}, got self_cond_prob={self_cond_prob}")
         src, x0, rays_src, rays_tgt, mask = _inputs(batch)
         b = x0.shape[0]
         k_t, k_eps, k_drop, k_term = jax.random.split(rng, 4)
@@ -104,11 +124,18 @@ def make_flow_matching(time_sampling: str = "logit_normal", source_drop_prob: fl
         tb = t[:, None, None, None, None]
         x_t = (1.0 - tb) * x0 + tb * eps
         keep = (jax.random.uniform(k_drop, (b,)) >= source_drop_prob).astype(jnp.float32)
-        out = model(src, rays_src, x_t, rays_tgt, t, source_keep=keep)
-        if prediction == "x0":
-            target, x0_hat = x0, out
+        if self_condition:
+            n = min(b, max(1, int(round(b * self_cond_prob))))
+            first = model(src[:n], rays_src[:n], x_t[:n], rays_tgt[:n], t[:n],
+                          source_keep=keep[:n])
+            estimate = jnp.clip(_implied_x0(first, x_t[:n], tb[:n], prediction), -1.0, 1.0)
+            sc = jnp.concatenate([jax.lax.stop_gradient(estimate),
+                                  jnp.zeros((b - n,) + x0.shape[1:], jnp.float32)])
+            out = model(src, rays_src, x_t, rays_tgt, t, source_keep=keep, self_cond=sc)
         else:
-            target, x0_hat = eps - x0, x_t - tb * out
+            out = model(src, rays_src, x_t, rays_tgt, t, source_keep=keep)
+        target = x0 if prediction == "x0" else eps - x0
+        x0_hat = _implied_x0(out, x_t, tb, prediction)
         per_example = _per_example_mse(out, target)
         loss_sum = jnp.sum(per_example * mask)
         weight = jnp.sum(mask)
@@ -131,6 +158,8 @@ flow_matching_terminal = register_loss("flow_matching_terminal")(
     make_flow_matching(terminal_prob=0.25))
 flow_matching_terminal_half = register_loss("flow_matching_terminal_half")(
     make_flow_matching(terminal_prob=0.5))
+flow_matching_self_cond = register_loss("flow_matching_self_cond")(
+    make_flow_matching(terminal_prob=0.25, self_cond_prob=0.5))
 
 
 @register_loss("regression")
