@@ -22,13 +22,6 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "(jax_num_cpu_devices); pair it with --config.mesh.data=N for data parallelism.")
 
 
-def set_cpu_devices(n: int) -> None:
-    """Ask XLA for ``n`` host (CPU) devices; JAX raises if its backends have already started."""
-    import jax
-
-    jax.config.update("jax_num_cpu_devices", n)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -36,8 +29,10 @@ def main(argv):
         raise app.UsageError("--config and --workdir are required")
     if _CPU_DEVICES.value < 0:
         raise app.UsageError(f"--cpu_devices must be >= 0, got {_CPU_DEVICES.value}")
-    if _CPU_DEVICES.value:
-        set_cpu_devices(_CPU_DEVICES.value)
+    if _CPU_DEVICES.value:  # before any JAX operation starts the backends (JAX raises otherwise)
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     if _MULTIHOST.value:

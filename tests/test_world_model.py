@@ -263,7 +263,8 @@ class _SelfCondSpy:
 
     def __call__(self, source, source_rays, target, target_rays, t, source_keep=None,
                  self_cond=None):
-        self.calls.append(dict(x_t=np.asarray(target), t=np.asarray(t), keep=np.asarray(source_keep),
+        self.calls.append(dict(x_t=np.asarray(target), t=np.asarray(t),
+                               keep=np.asarray(source_keep),
                                self_cond=None if self_cond is None else np.asarray(self_cond)))
         return 2.0 * target
 

@@ -6,7 +6,7 @@
     python -m experiments.train --config=experiments/configs/world_model.py:small_regression \
         --workdir=RUN_REG --config.data.data_dir=DATA --cpu_devices=2
     python -m experiments.eval_world_model --workdir=RUN --regression_workdir=RUN_REG --steps=3 \
-        --cfg=2.0
+        --cfg=1.5
 
 ``arg``: ``tiny`` (seconds; tests), ``small`` (the CPU run: <= 40 min on 2 cores; self-conditioned,
 ``flow_matching_self_cond``), ``small_plain`` (the same without self-conditioning, plain
