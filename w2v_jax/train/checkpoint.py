@@ -24,6 +24,7 @@ background thread).
 from __future__ import annotations
 
 import os
+import pathlib
 from typing import Any
 
 import jax
@@ -100,10 +101,11 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise ValueError(f"no checkpoint in {self.directory}")
-        with ocp.StandardCheckpointer() as reader:
-            saved = reader.metadata(os.path.join(self.directory, str(step), "state"))
-        tree = saved.item_metadata
-        tree = getattr(tree, "tree", tree)
+        # The item handler reads the array metadata directly (a StandardCheckpointer would look
+        # for a step-level metadata file inside the item directory and log a warning).
+        saved = ocp.StandardCheckpointHandler().metadata(
+            pathlib.Path(self.directory, str(step), "state"))
+        tree = getattr(saved, "tree", saved)
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(
             lambda m: (jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device)
