@@ -96,5 +96,9 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
         c.batch_size = 32
         c.total_steps = 4000  # schedule horizon; the wall-clock budget below may stop earlier
         c.ema_decay = 0.995
+        # peak lr chosen on the validation pairs from {1e-3, 2e-3}: 2e-3 is better for both the
+        # diffusion model (box IoU 0.486 -> 0.507, mean of 3 sampling seeds) and its twin
+        # (0.502 -> 0.545)
+        c.optimizer.learning_rate = 2e-3
         c.data.time_budget_s = 38 * 60  # <= 40 min wall including start-up and compilation
     return c
