@@ -36,7 +36,7 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
     if _MULTIHOST.value:
-        from w2v_jax.train.sharding import initialize_multihost
+        from w2v_jax.sharding import initialize_multihost
 
         initialize_multihost()
     from w2v_jax.train.run import train_from_config

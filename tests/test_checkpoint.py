@@ -12,7 +12,7 @@ from flax import nnx
 
 from w2v_jax.data import pipeline, synthetic
 from w2v_jax.models.toy import ToyLM, ToyLMConfig
-from w2v_jax.train import sharding as shd
+from w2v_jax import sharding as shd
 from w2v_jax.train.checkpoint import Checkpointer
 from w2v_jax.train.metrics import MetricsWriter, read_metrics
 from w2v_jax.train.optim import OptimizerConfig

@@ -17,7 +17,7 @@ import vlm_fixtures as vf
 from w2v_jax.generate import Generation, SamplingConfig, filter_logits, generate, sample_logits
 from w2v_jax.hf import load_vlm
 from w2v_jax.processing.rope_index import get_rope_index
-from w2v_jax.train import sharding
+from w2v_jax import sharding
 
 STEPS = 20
 PAD = 0

@@ -13,7 +13,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 import vlm_fixtures as vf
 from w2v_jax.hf import load_vlm, save_vlm
 from w2v_jax.models import lora
-from w2v_jax.train import sharding
+from w2v_jax import sharding
 from w2v_jax.train.trainer import Trainer
 
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -7,7 +7,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from w2v_jax.models.toy import ToyLM, ToyLMConfig
-from w2v_jax.train import sharding as shd
+from w2v_jax import sharding as shd
 
 CFG = ToyLMConfig(vocab_size=64, width=64, depth=2, num_heads=4, mlp_dim=128, max_len=16)
 

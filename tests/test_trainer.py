@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from w2v_jax.models.toy import ToyLM, ToyLMConfig
-from w2v_jax.train import sharding as shd
+from w2v_jax import sharding as shd
 from w2v_jax.train.optim import OptimizerConfig, path_str
 from w2v_jax.train.trainer import Trainer
 
@@ -174,6 +174,42 @@ def test_loss_contract_is_enforced(base_model):
     trainer = Trainer(fresh(base_model), optax.sgd(0.1), bad_loss, mesh=ONE)
     with pytest.raises(ValueError, match="aux\\['loss_sum'\\] and aux\\['weight'\\]"):
         trainer.train_step(make_batches(1)[0])
+
+
+def test_metrics_with_own_denominators_accumulate_like_one_batch(base_model):
+    """``x_sum``/``x_count`` is a per-sequence mean next to the per-token loss; ``_max``/``_min``
+    combine by max/min over micro-batches: 4 micro-batches report what one big batch does."""
+    def loss_with_metrics(model, batch, rng):
+        logits = model(batch["inputs"])
+        xent = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        m = batch["mask"]
+        per_seq = jnp.sum(xent * m, 1) / jnp.maximum(jnp.sum(m, 1), 1)
+        aux = {"loss_sum": jnp.sum(xent * m), "weight": jnp.sum(m),
+               "seq_loss_sum": jnp.sum(per_seq), "seq_loss_count": jnp.float32(m.shape[0]),
+               "xent_max": jnp.max(jnp.where(m > 0, xent, -jnp.inf)),
+               "xent_min": jnp.min(jnp.where(m > 0, xent, jnp.inf))}
+        return aux["loss_sum"] / aux["weight"], aux
+
+    batch = make_batches(1, ragged=True)[0]
+    rows = []
+    for k in (1, 4):
+        trainer = Trainer(fresh(base_model), optax.sgd(0.0), loss_with_metrics, mesh=ONE,
+                          grad_accum_steps=k)
+        rows.append({n: float(v) for n, v in trainer.train_step(batch).items()})
+    model = fresh(base_model)
+    xent = optax.softmax_cross_entropy_with_integer_labels(model(batch["inputs"]),
+                                                           batch["targets"])
+    m = batch["mask"]
+    per_seq = np.sum(np.asarray(xent) * m, 1) / m.sum(1)
+    for row in rows:
+        assert row["seq_loss"] == pytest.approx(per_seq.mean(), rel=1e-5)
+        assert row["loss"] == pytest.approx(float(jnp.sum(xent * m) / m.sum()), rel=1e-5)
+        assert row["seq_loss_count"] == 16
+        assert row["xent_max"] == pytest.approx(float(np.max(np.where(m > 0, xent, -np.inf))),
+                                                rel=1e-5)
+        assert row["xent_min"] == pytest.approx(float(np.min(np.where(m > 0, xent, np.inf))),
+                                                rel=1e-5)
+    assert rows[0]["seq_loss"] != pytest.approx(rows[0]["loss"], rel=1e-3)  # really per sequence
 
 
 def test_optimizer_schedule_groups_and_decay_mask():

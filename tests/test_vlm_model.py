@@ -12,7 +12,7 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from w2v_jax.hf import nnx_to_hf_key
 from w2v_jax.models.vlm import Qwen2_5_VL, TextConfig, VisionConfig, VLMConfig
-from w2v_jax.train import sharding
+from w2v_jax import sharding
 
 # config.json of the released Qwen2.5-VL-7B-Instruct (hub spelling: flat text fields, rope_scaling)
 QWEN25_VL_7B = {

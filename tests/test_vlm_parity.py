@@ -17,7 +17,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 import vlm_fixtures as vf
 from w2v_jax.hf import load_vlm, save_vlm
-from w2v_jax.train import sharding
+from w2v_jax import sharding
 
 VISION_ATOL = 1e-5
 LOGITS_ATOL = 1e-4

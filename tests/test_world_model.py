@@ -16,7 +16,7 @@ from w2v_jax import actions, geometry
 from w2v_jax.data import clips
 from w2v_jax.models import world_model as wm
 from w2v_jax.models.world_model import metrics
-from w2v_jax.train import sharding
+from w2v_jax import sharding
 from w2v_jax.train.losses import get_loss
 from w2v_jax.train.optim import OptimizerConfig
 from w2v_jax.train.trainer import Trainer

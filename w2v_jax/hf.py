@@ -25,7 +25,7 @@ from safetensors.numpy import save_file
 
 from w2v_jax.models.vlm.config import VLMConfig
 from w2v_jax.models.vlm.model import Qwen2_5_VL
-from w2v_jax.train import sharding
+from w2v_jax import sharding
 
 # (hub key template, NNX path template, transform)
 KEY_TABLE: tuple[tuple[str, str, str], ...] = (
@@ -210,7 +210,7 @@ def load_vlm(
 
     ``dtype`` is the compute dtype, ``param_dtype`` the parameter dtype (default: ``dtype``).
     With ``mesh`` every parameter lands directly on its sharding from the logical rules of
-    ``w2v_jax.train.sharding`` (multi-host safe: each process materialises only its shards);
+    ``w2v_jax.sharding`` (multi-host safe: each process materialises only its shards);
     without, on one device. Missing or unknown checkpoint keys raise ValueError listing them.
     """
     path = Path(path)

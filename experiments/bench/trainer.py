@@ -22,7 +22,7 @@ from flax import nnx
 
 from w2v_jax.data import pipeline, synthetic
 from w2v_jax.models.toy import ToyLM, ToyLMConfig, matmul_flops_per_token
-from w2v_jax.train import sharding as shd
+from w2v_jax import sharding as shd
 from w2v_jax.train.optim import OptimizerConfig
 from w2v_jax.train.trainer import Trainer
 

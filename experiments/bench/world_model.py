@@ -22,7 +22,7 @@ from flax import nnx
 
 from experiments.configs import world_model as wm_configs
 from w2v_jax.models import world_model as wm
-from w2v_jax.train import sharding
+from w2v_jax import sharding
 from w2v_jax.train.optim import OptimizerConfig
 from w2v_jax.train.trainer import Trainer
 

@@ -2,7 +2,7 @@
 
 Pre-norm blocks: RMSNorm -> causal multi-head attention -> RMSNorm -> GELU MLP, learned absolute
 positions, untied LM head. Every parameter carries logical axis names (see
-``w2v_jax.train.sharding``), so ``create_sharded(lambda: ToyLM(cfg, rngs=nnx.Rngs(0)), mesh)``
+``w2v_jax.sharding``), so ``create_sharded(lambda: ToyLM(cfg, rngs=nnx.Rngs(0)), mesh)``
 shards it. With ``lora_rank > 0`` the query and value projections get ``nnx.LoRA`` adapters whose
 weights are ``nnx.LoRAParam`` (train them alone with ``trainable="lora"``).
 """
@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from w2v_jax.train.sharding import with_logical_constraint
+from w2v_jax.sharding import with_logical_constraint
 
 _init = nnx.initializers
 

@@ -1,6 +1,9 @@
-"""The shared training system: mesh + logical rules, one Trainer, losses, checkpoints.
+"""The shared training system: one Trainer, losses, checkpoints, run loading.
 
-Submodules are imported explicitly (``from w2v_jax.train import sharding``,
-``from w2v_jax.train.trainer import Trainer``) so that importing the sharding contract stays
-cheap and has no side effects.
+``from w2v_jax.train import Trainer`` is the entry point; the loss registry is
+``w2v_jax.train.losses`` and checkpoints are ``w2v_jax.train.checkpoint``. Mesh and logical-axis
+rules live one layer down, in ``w2v_jax.sharding``.
 """
+from w2v_jax.train.trainer import Trainer
+
+__all__ = ["Trainer"]

@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 import jax
 
-from w2v_jax.train import sharding as shd
+from w2v_jax import sharding as shd
 from w2v_jax.train.checkpoint import Checkpointer
 from w2v_jax.train.losses import registered_losses
 from w2v_jax.train.metrics import MetricsWriter

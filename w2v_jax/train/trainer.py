@@ -18,8 +18,10 @@ updated in place, so ``trainer.model`` is always the current model.
 Loss contract (see ``w2v_jax.train.losses.registry``): ``fn(model, batch, rng) -> (loss, aux)``
 with ``aux["loss_sum"]`` and ``aux["weight"]``; the gradient is that of
 ``sum_micro(loss_sum) / sum_micro(weight)``, so ``grad_accum_steps=k`` on a batch of ``B``
-equals one step on the whole batch. Model variables mutated inside the loss (e.g. RNG
-counters) are not carried over: take randomness from the ``rng`` argument.
+equals one step on the whole batch. Other aux entries are combined over micro-batches by their
+suffix (``_max``: max, ``_min``: min, anything else: sum) and reported by ``report_metrics``.
+Model variables mutated inside the loss (e.g. RNG counters) are not carried over: take
+randomness from the ``rng`` argument.
 
 GRPO-style outer loops call ``train_step`` with batches they build themselves.
 """
@@ -36,7 +38,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from w2v_jax.train import sharding as shd
+from w2v_jax import sharding as shd
 from w2v_jax.train.losses import get_loss
 from w2v_jax.train.optim import OptimizerConfig, frozen_regexes, make_optimizer, path_str
 from w2v_jax.train.optim import schedule as lr_schedule
@@ -268,12 +270,13 @@ class Trainer:
             g_acc, aux_acc = carry
             mb, j = xs
             g, aux = grad_fn(params, rest, mb, jax.random.fold_in(rng, j))
-            return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, aux_acc, aux)), None
+            return (jax.tree.map(jnp.add, g_acc, g), combine_aux(aux_acc, aux)), None
 
         first = jax.tree.map(lambda x: x[0], micro)
         abs_g, abs_aux = jax.eval_shape(grad_fn, params, rest, first, rng)
-        zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), (abs_g, abs_aux))
-        (g, aux), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(k)))
+        init = (jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abs_g),
+                {k: jnp.full(a.shape, _aux_identity(k), a.dtype) for k, a in abs_aux.items()})
+        (g, aux), _ = jax.lax.scan(body, init, (micro, jnp.arange(k)))
         return g, aux
 
     def _step(self, state, rest, batch):
@@ -292,7 +295,7 @@ class Trainer:
             new_state["ema"] = jax.tree.map(
                 lambda e, p: d * e + (1 - d) * p, state["ema"], new_params
             )
-        metrics = _report(aux)
+        metrics = report_metrics(aux)
         metrics["grad_norm"] = optax.global_norm(grads)
         if self._schedule is not None:
             metrics["lr"] = jnp.asarray(self._schedule(step), jnp.float32)
@@ -343,10 +346,10 @@ class Trainer:
         with shd.rules_context(self.mesh):
             for batch in batches:
                 aux = self._jit_eval(params, self._rest, self._place(batch))
-                total = aux if total is None else jax.tree.map(jnp.add, total, aux)
+                total = aux if total is None else combine_aux(total, aux)
         if total is None:
             raise ValueError("evaluate() got no batches")
-        return {f"eval_{k}": float(v) for k, v in _report(total).items()}
+        return {f"eval_{k}": float(v) for k, v in report_metrics(total).items()}
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, checkpointer, data_iterator: Any = None, meta: dict | None = None) -> bool:
@@ -468,15 +471,50 @@ class Trainer:
         return rows
 
 
-def _report(aux: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """Aux sums -> reported metrics: ``loss`` and ``<name>`` = ``<name>_sum / weight``."""
-    w = jnp.maximum(aux["weight"], 1e-30)
-    out = {"loss": aux["loss_sum"] / w}
+def _aux_identity(key: str) -> float:
+    if key.endswith("_max"):
+        return -jnp.inf
+    if key.endswith("_min"):
+        return jnp.inf
+    return 0.0
+
+
+def combine_aux(a: Mapping[str, jax.Array], b: Mapping[str, jax.Array]) -> dict:
+    """Combines the aux of two micro-batches (or eval batches) key by key: ``*_max`` by max,
+    ``*_min`` by min, everything else by sum."""
+    out = {}
+    for k, v in a.items():
+        if k.endswith("_max"):
+            out[k] = jnp.maximum(v, b[k])
+        elif k.endswith("_min"):
+            out[k] = jnp.minimum(v, b[k])
+        else:
+            out[k] = v + b[k]
+    return out
+
+
+def report_metrics(aux: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """Combined aux -> reported metrics (weighted metrics with their own denominators).
+
+    * ``loss`` = ``loss_sum / weight``;
+    * ``<name>_sum`` with a matching ``<name>_count``: ``<name>`` = ``<name>_sum / <name>_count``
+      (a metric with its own denominator, e.g. a per-sequence mean next to per-token ones);
+    * any other ``<name>_sum``: ``<name>`` = ``<name>_sum / weight``;
+    * ``*_count`` entries are reported as is, and so is everything else (``*_max``, ``*_min``,
+      plain sums such as ``tokens``).
+    A zero denominator reports 0.
+    """
+    def ratio(num, den):
+        return jnp.where(den > 0, num / jnp.maximum(den, 1e-30), 0.0)
+
+    out = {"loss": ratio(aux["loss_sum"], aux["weight"])}
     for k, v in aux.items():
         if k == "loss_sum":
             continue
         if k.endswith("_sum"):
-            out[k[: -len("_sum")]] = v / w
+            name = k[: -len("_sum")]
+            den = aux.get(f"{name}_count", aux["weight"])
+            out[name] = ratio(v, den)
         else:
             out[k] = v
     return out

@@ -32,7 +32,7 @@ class Qwen2_5_VL(nnx.Module):
     """The model. Submodules follow HF names: ``visual``, ``language_model``, ``lm_head``.
 
     ``lm_head`` is None when ``cfg.tie_word_embeddings`` (logits use the embedding matrix).
-    Build it inside a mesh + rules context (``w2v_jax.train.sharding.create_sharded`` /
+    Build it inside a mesh + rules context (``w2v_jax.sharding.create_sharded`` /
     ``create_unsharded``) because its parameters carry logical axis names.
     """
 

@@ -13,7 +13,7 @@ With ``config.self_condition`` each target view's previous clean-image estimate 
 patchified, projected by its own zero-initialised linear layer and added to that view's tokens.
 
 What the output means (clean image or velocity) is ``config.prediction``; the sampler and the losses
-read it from the config. Every parameter carries logical axis names (``w2v_jax.train.sharding``), so
+read it from the config. Every parameter carries logical axis names (``w2v_jax.sharding``), so
 build it inside ``rules_context(mesh)`` (or with ``sharding.create_sharded`` /
 ``create_unsharded``).
 """

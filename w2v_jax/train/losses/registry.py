@@ -11,9 +11,12 @@ A loss is a pure function ``fn(model, batch, rng) -> (loss, aux)``:
   (the matching denominator, e.g. the number of target tokens), so that
   ``loss == loss_sum / weight``. The Trainer differentiates ``sum(loss_sum) / sum(weight)``
   over all micro-batches, which makes k-micro-batch accumulation equal to one big batch.
-  Every other aux entry should also be a sum; the Trainer sums it over micro-batches and
-  reports it as is, except that a key ``<name>_sum`` is reported as ``<name>`` =
-  ``<name>_sum / weight`` (e.g. ``accuracy_sum`` -> ``accuracy``).
+  Every other aux entry is combined over micro-batches by its suffix (``*_max`` by max,
+  ``*_min`` by min, anything else by sum) and reported by ``trainer.report_metrics``:
+  ``<name>_sum`` is reported as ``<name>`` = ``<name>_sum / <name>_count`` when the loss also
+  returns ``<name>_count`` (a metric with its own denominator, e.g. per-sequence next to
+  per-token figures), else as ``<name>_sum / weight`` (e.g. ``accuracy_sum`` -> ``accuracy``);
+  everything else is reported as is.
   ``aux["tokens"]`` (optional) counts tokens for the ``tokens_per_s`` metric.
 
 Register with the decorator and look up by name::
