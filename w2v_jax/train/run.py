@@ -26,6 +26,7 @@ import jax
 from w2v_jax import sharding as shd
 from w2v_jax.data.builders import get_data_builder
 from w2v_jax.models.builders import get_model_builder
+from w2v_jax.train import runs
 from w2v_jax.train.checkpoint import Checkpointer
 from w2v_jax.train.losses import get_loss, registered_losses
 from w2v_jax.train.metrics import MetricsWriter
@@ -74,16 +75,31 @@ def train_from_config(config, workdir: str) -> Trainer:
 
     Writes ``workdir/config.json``, ``workdir/metrics.jsonl``, ``workdir/tensorboard/`` and
     ``workdir/checkpoints/<step>/``. Returns the Trainer (its ``model`` is the trained model).
+    ``config.loss == "grpo"`` runs the GRPO rollout loop instead (``train.grpo.train_grpo``,
+    returning its ``GRPOLoop``). A VLM run (``model.name == "vlm"``) may start from
+    ``config.init_from`` (a training workdir or a Hugging Face directory) and keeps its tokenizer
+    in ``workdir/tokenizer`` (``train.runs.vlm_run_inputs``).
     """
+    if config.loss == "grpo":
+        from w2v_jax.train.grpo import train_grpo
+
+        return train_grpo(config, workdir)
     mesh = validate_config(config)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
+    vlm = config.model.name == "vlm"
+    if vlm:
+        runs.check_init_from(config)
+        runs.check_package_split(config, "sft")
+        config, _ = runs.vlm_run_inputs(config, workdir)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
 
-    model_ctor = get_model_builder(config.model.name)(config.model)
-    model = shd.create_sharded(model_ctor, mesh)
+    if vlm:
+        model = runs.build_vlm(config, mesh)
+    else:
+        model = shd.create_sharded(get_model_builder(config.model.name)(config.model), mesh)
     trainer = Trainer(
         model,
         OptimizerConfig.from_dict(config.optimizer),
