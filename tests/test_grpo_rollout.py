@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 import vlm_fixtures as vf
-from grpo_prompts import PAD, compile_cache, decode_ids, even_token_reward, prompt_batch  # noqa: F401
+from grpo_prompts import compile_cache  # noqa: F401  (fixture)
+from grpo_prompts import PAD, decode_ids, even_token_reward, prompt_batch
 from w2v_jax import sharding
 from w2v_jax.hf import load_vlm
 from w2v_jax.models import lora

@@ -305,6 +305,8 @@ def train_grpo(config, workdir: str, reward_fn: RewardFn | None = None):
 
     Writes ``config.json``, ``metrics.jsonl`` (one line per iteration, ``step`` = iteration;
     validation lines carry ``val_*``), ``tokenizer/``, ``checkpoints/<optimizer step>/``.
+    ``stop_at_step`` / ``time_budget_s`` stop early (in iterations / seconds of this process) with
+    a final checkpoint, as for ``Trainer.fit``.
     """
     from w2v_jax.train import runs
     from w2v_jax.train.checkpoint import Checkpointer
@@ -359,7 +361,11 @@ def train_grpo(config, workdir: str, reward_fn: RewardFn | None = None):
         bar = tqdm(total=end, initial=start, disable=not config.progress, desc="grpo")
         if start == 0 and gcfg.val_before_train and eval_fn is not None:
             writer.write(0, loop.validate(eval_fn(), 0))
+        budget = config.get("time_budget_s", 0)
+        deadline = time.monotonic() + budget if budget else None
         for iteration in range(start, end):
+            if deadline is not None and time.monotonic() >= deadline:
+                break  # the final checkpoint below is still written
             row = loop.iteration(next(it), iteration)
             check_finite(iteration + 1, row)
             done = iteration + 1
