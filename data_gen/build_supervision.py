@@ -127,16 +127,17 @@ def main(argv):
         raise app.UsageError("--out and --num_scenes are required (see --help)")
     if FLAGS.num_scenes < 1:
         raise app.UsageError(f"--num_scenes must be >= 1, got {FLAGS.num_scenes}")
-    from w2v_jax.supervision import build, package, qc
+    from w2v_jax.sim.clips import ClipConfig
+    from w2v_jax.supervision import build, package, qc, teachers
 
     out = os.path.abspath(FLAGS.out)
     if FLAGS.overwrite and os.path.exists(out):
         shutil.rmtree(out)
-    teacher, resolution = None, FLAGS.resolution
+    teacher = teachers.RendererTeacher(supersample=FLAGS.supersample)
+    resolution = FLAGS.resolution
     if FLAGS.teacher == "world_model":
         if not FLAGS.world_model_dir:
             raise app.UsageError("--teacher=world_model needs --world_model_dir")
-        from w2v_jax.models.world_model import WorldModelTeacher
         from w2v_jax.train.runs import load_world_model
 
         model = load_world_model(FLAGS.world_model_dir)
@@ -145,7 +146,8 @@ def main(argv):
             raise app.UsageError(f"--resolution {FLAGS.resolution} differs from the world model's "
                                  f"image size {size}")
         resolution = size
-        teacher = WorldModelTeacher(model, steps=FLAGS.teacher_steps, cfg=FLAGS.teacher_cfg)
+        teacher = teachers.WorldModelTeacher(model, steps=FLAGS.teacher_steps,
+                                             cfg=FLAGS.teacher_cfg)
     elif FLAGS.world_model_dir:
         raise app.UsageError("--world_model_dir is only used with --teacher=world_model")
     options = _options(resolution)
@@ -154,14 +156,12 @@ def main(argv):
                              "teacher needs --detector=color")
     _check_resume(out, options)
     config = build.BuildConfig(
-        resolution=resolution, supersample=FLAGS.supersample, key_frames=FLAGS.key_frames,
-        detector=options["detector"], vocabulary=FLAGS.vocabulary,
-        qc=qc.QCConfig(**options["qc"]),
-        teacher_steps=FLAGS.teacher_steps, teacher_cfg=FLAGS.teacher_cfg,
-        fidelity=FLAGS.fidelity)
+        clip=ClipConfig(resolution=resolution, supersample=FLAGS.supersample, render_chunk=16),
+        key_frames=FLAGS.key_frames, detector=options["detector"], vocabulary=FLAGS.vocabulary,
+        qc=qc.QCConfig(**options["qc"]), fidelity=FLAGS.fidelity)
     seeds = build.scene_seeds(FLAGS.seed, FLAGS.num_scenes)
     done = build.build_shards(os.path.join(out, "shards"), seeds, config, teacher,
-                              teacher_name=FLAGS.teacher, progress=FLAGS.progress)
+                              progress=FLAGS.progress)
     print(f"scenes built {done['built']}, skipped (already finished) {done['skipped']}")
     stats = package.write_package(
         done["shards"], os.path.join(out, "package"),
