@@ -97,6 +97,7 @@ def test_micro_batch_accumulation_equals_one_mini_batch(hf_path, prompts):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
+@pytest.mark.slow  # ~40 s of compilation on 2 cores (sharded generate, log-probs and step)
 def test_iteration_on_a_2x2x2_mesh_equals_one_device(hf_path, prompts):
     mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
     single, sharded = make_loop(hf_path), make_loop(hf_path, mesh=mesh)

@@ -101,7 +101,7 @@ def grpo_config() -> ml_collections.ConfigDict:
     c.grpo = ml_collections.ConfigDict(dict(
         n=4, rollout_prompts=4, global_batch_prompts=2, ppo_epochs=1, max_response_length=256,
         temperature=1.0, top_p=1.0, val_temperature=0.6, val_top_p=0.95, val_n=1,
-        val_prompts=0, val_before_train=True, reward_key="overall"))
+        val_before_train=True, reward_key="overall"))
     c.model = _model("small")
     c.data = _data("distill_grpo")
     c.data.min_pixels, c.data.max_pixels = 262144, 4194304  # EasyR1 data.min/max_pixels

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
-
 from w2v_jax.data import distill, synthetic, view_pairs
+from w2v_jax.data.sft_batch import sft_batch
 
 
 def _distill_kwargs(data, **kw) -> dict:
@@ -25,14 +24,6 @@ def _distill_kwargs(data, **kw) -> dict:
                 skip_malformed=bool(data.get("skip_malformed", False)), **kw)
 
 
-def _sft_layout(batch: dict) -> dict:
-    """``sft_pipeline`` batch -> the ``sft`` loss layout: position_ids ``(B, 3, L)``, no
-    ``rope_deltas`` / ``mm_token_type_ids`` (every array batch-major, shardable on the batch)."""
-    out = {k: v for k, v in batch.items() if k not in ("rope_deltas", "mm_token_type_ids")}
-    out["position_ids"] = np.ascontiguousarray(np.transpose(batch["position_ids"], (1, 0, 2)))
-    return out
-
-
 def distill_sft(data, *, workdir, batch_size, seed, process_index, process_count):
     """SFT batches of the distillation package (``config.data``: package_dir, tokenizer_dir,
     max_length, max_target_tokens, min/max_pixels, num_eval_batches) and eval batches of its
@@ -42,11 +33,11 @@ def distill_sft(data, *, workdir, batch_size, seed, process_index, process_count
     kw = _distill_kwargs(data, batch_size=batch_size, max_length=int(data.max_length),
                          max_target_tokens=k, process_index=process_index,
                          process_count=process_count)
-    train = distill.sft_pipeline(data.package_dir, seed=seed, **kw).map(_sft_layout)
+    train = distill.sft_pipeline(data.package_dir, seed=seed, **kw).map(sft_batch)
 
     def eval_fn():
         ds = distill.sft_pipeline(data.package_dir, split="eval", shuffle=False, num_epochs=1,
-                                  drop_remainder=False, **kw).map(_sft_layout)
+                                  drop_remainder=False, **kw).map(sft_batch)
         n = int(data.get("num_eval_batches", 0))
         return ds if not n else (b for _, b in zip(range(n), ds))
 

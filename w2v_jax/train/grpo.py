@@ -42,6 +42,7 @@ import numpy as np
 from flax import nnx
 
 from w2v_jax import sharding as shd
+from w2v_jax.config_parsing import dataclass_from_dict
 from w2v_jax.generate import SamplingConfig, generate
 from w2v_jax.processing.rope_index import decode_position_ids
 from w2v_jax.processing.tokenizer import special_token_ids
@@ -58,8 +59,8 @@ class GRPOConfig:
     ``rollout_batch_size``). global_batch_prompts: prompts per optimizer step (EasyR1
     ``global_batch_size``; x n responses). ppo_epochs: passes over the rollout.
     temperature / top_p: rollout sampling; val_temperature / val_top_p / val_n: validation.
-    val_prompts: eval prompts per validation (0 = the whole eval split). val_before_train: one
-    validation before the first iteration. reward_key: the score entry used as the reward.
+    val_before_train: one validation before the first iteration (the eval prompts are those of
+    the data builder's eval function, e.g. ``config.data.num_eval_batches`` batches). reward_key: the score entry used as the reward.
     """
 
     n: int = 4
@@ -72,7 +73,6 @@ class GRPOConfig:
     val_temperature: float = 0.6
     val_top_p: float = 0.95
     val_n: int = 1
-    val_prompts: int = 0
     val_before_train: bool = True
     reward_key: str = "overall"
 
@@ -89,17 +89,11 @@ class GRPOConfig:
             raise ValueError(
                 f"config.grpo.rollout_prompts={self.rollout_prompts} must be divisible by "
                 f"config.grpo.global_batch_prompts={self.global_batch_prompts}")
-        if not isinstance(self.val_prompts, int) or self.val_prompts < 0:
-            raise ValueError(f"config.grpo.val_prompts={self.val_prompts!r}: must be >= 0")
 
     @classmethod
     def from_dict(cls, d: Any) -> "GRPOConfig":
-        d = dict(d)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"config.grpo.{unknown[0]} is not a field; allowed: {sorted(names)}")
-        return cls(**d)
+        """From ``config.grpo``; unknown keys raise ValueError naming them."""
+        return dataclass_from_dict(cls, d, where="config.grpo")
 
     @property
     def steps_per_iteration(self) -> int:
