@@ -12,9 +12,10 @@ from absl import flags
 from experiments import train as launcher
 from experiments.configs import vlm as vlm_configs
 from grpo_prompts import compile_cache  # noqa: F401
-from test_distill_data import fake_render_all
+from test_distill_data import fake_render_cameras
 from w2v_jax import hf
-from w2v_jax.supervision import build, package
+from w2v_jax.sim.clips import ClipConfig
+from w2v_jax.supervision import build, package, teachers
 from w2v_jax.train.checkpoint import Checkpointer
 from w2v_jax.train.metrics import read_metrics
 from w2v_jax.train.run import train_from_config
@@ -29,9 +30,11 @@ CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 def pkg(tmp_path_factory):
     root = tmp_path_factory.mktemp("grpo_pkg")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(build, "_render_all", fake_render_all)
+        mp.setattr(build, "render_cameras", fake_render_cameras)
+        mp.setattr(teachers, "render_cameras", fake_render_cameras)
         done = build.build_shards(str(root / "shards"), build.scene_seeds(3, 6),
-                                  build.BuildConfig(resolution=32), progress=False)
+                                  build.BuildConfig(clip=ClipConfig(resolution=32)),
+                                  teachers.RendererTeacher(), progress=False)
     out = str(root / "package")
     package.write_package(done["shards"], out,
                           package.PackageConfig(grpo_per_task=4, eval_fraction=0.34))
