@@ -35,14 +35,13 @@ import dataclasses
 import json
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from w2v_jax import actions as actions_lib
+from w2v_jax import fileio
 from w2v_jax.sim import clips as clips_lib
 from w2v_jax.sim import scene as scene_lib
 from w2v_jax.sim.render import render_views
@@ -356,10 +355,8 @@ def write_shard(shards_root: str, result: Mapping[str, Any]) -> str:
     `shards_root/scene_{scene_id}`. Returns that path."""
     from PIL import Image
 
-    os.makedirs(shards_root, exist_ok=True)
     final = shard_dir(shards_root, result["scene_seed"])
-    tmp = tempfile.mkdtemp(prefix=".tmp-scene-", dir=shards_root)
-    try:
+    with fileio.atomic_dir(final) as tmp:
         for traj in result["trajectories"]:
             frames = result["views"][traj["traj_id"]]
             for frame, image in zip(traj["frame_ids"], frames):
@@ -368,12 +365,6 @@ def write_shard(shards_root: str, result: Mapping[str, Any]) -> str:
         body = {k: v for k, v in result.items() if k != "views"}
         with open(os.path.join(tmp, SHARD_FILE), "w") as f:
             json.dump(body, f)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -396,6 +387,7 @@ def build_shards(
     from tqdm.auto import tqdm
 
     seeds = [int(s) for s in seeds]
+    fileio.sweep_stale(shards_root)  # temporaries of a killed run
     todo = [s for s in seeds if not is_finished(shards_root, s)]
     with tqdm(total=len(seeds), initial=len(seeds) - len(todo), desc="scenes", unit="scene",
               disable=not progress) as bar:
