@@ -203,9 +203,10 @@ def main(argv):
         plan = _validate(argv)
         teacher = None
         if FLAGS.teacher == "world_model":  # loading the run is part of checking its directory
-            from w2v_jax.models.world_model import WorldModelTeacher, load_from_workdir
+            from w2v_jax.models.world_model import WorldModelTeacher
+            from w2v_jax.train.runs import load_world_model
 
-            teacher = WorldModelTeacher(load_from_workdir(FLAGS.world_model_dir),
+            teacher = WorldModelTeacher(load_world_model(FLAGS.world_model_dir),
                                         steps=FLAGS.teacher_steps, cfg=FLAGS.teacher_cfg)
     out = plan["out"]
     fileio.sweep_stale(os.path.dirname(out), os.path.basename(out))
