@@ -118,11 +118,9 @@ def _check_out(out: str, options: dict) -> None:
 def _world_model_resolution() -> int:
     """The image size of the --world_model_dir run, from its config.json (nothing loaded)."""
     from w2v_jax.models.world_model import config_from_dict
+    from w2v_jax.train.runs import read_run_config
 
-    path = os.path.join(FLAGS.world_model_dir, "config.json")
-    with open(path) as f:
-        run_config = json.load(f)
-    size = config_from_dict(run_config["model"]).image_size
+    size = config_from_dict(read_run_config(FLAGS.world_model_dir)["model"]).image_size
     if FLAGS["resolution"].present and FLAGS.resolution != size:
         raise ValueError(f"--resolution={FLAGS.resolution} differs from the world model's "
                          f"image size {size}")

@@ -33,6 +33,8 @@ it only once the new one is complete).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import shutil
@@ -160,8 +162,9 @@ def write_dataset(
     with fileio.atomic_dir(builder_dir) as tmp:
         staging = os.path.join(tmp, "staging")  # TFDS writes staging/name/version (+ downloads/)
         tfds.display_progress_bar(False)
-        try:
-            cls(data_dir=staging, file_format="array_record").download_and_prepare()
+        try:  # TFDS prints its (temporary) target directory; callers report the final one
+            with contextlib.redirect_stdout(io.StringIO()):
+                cls(data_dir=staging, file_format="array_record").download_and_prepare()
         finally:
             tfds.display_progress_bar(shown)
         built = os.path.join(staging, name, version)

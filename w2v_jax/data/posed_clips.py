@@ -8,8 +8,6 @@ data_dir=OUT, split=...)``; both give a random-access source for ``grain.MapData
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 
@@ -99,17 +97,15 @@ def write_clips(
 
                 return generate
 
-            # TFDS prints its (temporary) target directory; the caller reports the final one
-            with contextlib.redirect_stdout(io.StringIO()):
-                ar.write_dataset(
-                    tmp,
-                    DATASET_NAME,
-                    features(config),
-                    {name: examples(s) for name, s in splits.items() if s},
-                    version=VERSION,
-                    description="Procedural rooms rendered along World2VLM trajectories "
-                    "(w2v_jax.sim.clips, w2v_jax.data.posed_clips). Options: " + json.dumps(config.to_json()),
-                )
+            ar.write_dataset(
+                tmp,
+                DATASET_NAME,
+                features(config),
+                {name: examples(s) for name, s in splits.items() if s},
+                version=VERSION,
+                description="Procedural rooms rendered along World2VLM trajectories "
+                "(w2v_jax.sim.clips, w2v_jax.data.posed_clips). Options: " + json.dumps(config.to_json()),
+            )
         tmp_builder = os.path.join(tmp, DATASET_NAME, VERSION)
         counts = {name: len(ar.open_split(tmp_builder, name)) for name, s in splits.items() if s}
         with open(os.path.join(tmp, GENERATION_FILE), "w") as f:
