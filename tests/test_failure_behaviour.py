@@ -38,19 +38,33 @@ TOY = ToyLMConfig(vocab_size=32, width=32, depth=2, num_heads=2, mlp_dim=64, max
 
 # ----------------------------------------------------------------------------- helpers
 def _unload(name):
-    for flag in list(flags.FLAGS.get_key_flags_for_module(name)):
-        if flag.name in flags.FLAGS:
-            delattr(flags.FLAGS, flag.name)
-    sys.modules.pop(name, None)
+    """Removes launcher ``name``'s flags and module; returns them for ``_reload``."""
+    removed = [f for f in flags.FLAGS.get_key_flags_for_module(name) if f.name in flags.FLAGS]
+    for flag in removed:
+        delattr(flags.FLAGS, flag.name)
+    package, _, child = name.rpartition(".")
+    if hasattr(sys.modules.get(package), child):
+        delattr(sys.modules[package], child)  # else `from package import child` finds it
+    return removed, sys.modules.pop(name, None)
+
+
+def _reload(name, removed, module):
+    for flag in removed:
+        flags.FLAGS[flag.name] = flag
+        flags.FLAGS.register_flag_by_module(name, flag)
+    if module is not None:
+        sys.modules[name] = module
+        package, _, child = name.rpartition(".")
+        setattr(sys.modules[package], child, module)
 
 
 @contextlib.contextmanager
 def launcher(name, *args):
     """The launcher module ``name`` imported alone (launchers share flag names), its flags
-    parsed from ``args``; unloaded again afterwards."""
+    parsed from ``args``; afterwards it is unloaded and the launchers other tests imported are
+    put back as they were."""
     flags.FLAGS.unparse_flags()
-    for other in LAUNCHERS:
-        _unload(other)
+    others = {other: _unload(other) for other in LAUNCHERS}
     module = importlib.import_module(name)
     try:
         flags.FLAGS([name, *args])
@@ -58,6 +72,8 @@ def launcher(name, *args):
     finally:
         flags.FLAGS.unparse_flags()
         _unload(name)
+        for other, (removed, old) in others.items():
+            _reload(other, removed, old)
 
 
 def _trainer(lr=1e-2):
