@@ -150,12 +150,11 @@ def _validate(argv) -> dict:
         raise ValueError("--detector=oracle reads the renderer's truth; a world-model "
                          "teacher needs --detector=color")
     config = build.BuildConfig(
-        resolution=resolution, supersample=FLAGS.supersample, key_frames=FLAGS.key_frames,
-        detector=options["detector"], vocabulary=FLAGS.vocabulary,
-        qc=qc.QCConfig(**options["qc"]),
-        teacher_steps=FLAGS.teacher_steps, teacher_cfg=FLAGS.teacher_cfg,
-        fidelity=FLAGS.fidelity)
-    clips.check_render_memory(config.clip_config())
+        clip=clips.ClipConfig(resolution=resolution, supersample=FLAGS.supersample,
+                              render_chunk=16),
+        key_frames=FLAGS.key_frames, detector=options["detector"], vocabulary=FLAGS.vocabulary,
+        qc=qc.QCConfig(**options["qc"]), fidelity=FLAGS.fidelity)
+    clips.check_render_memory(config.clip)
     package_config = package.PackageConfig(
         seed=FLAGS.shuffle_seed, grpo_per_task=FLAGS.grpo_per_task,
         eval_fraction=FLAGS.eval_fraction, jsonl=FLAGS.jsonl)
@@ -172,7 +171,7 @@ def _build(root: str, plan: dict, teacher) -> dict:
     if not os.path.exists(os.path.join(root, BUILD_FILE)):
         fileio.atomic_write_json(os.path.join(root, BUILD_FILE), plan["options"])
     done = build.build_shards(os.path.join(root, "shards"), plan["seeds"], plan["config"],
-                              teacher, teacher_name=FLAGS.teacher, progress=FLAGS.progress)
+                              teacher, progress=FLAGS.progress)
     print(f"scenes built {done['built']}, skipped (already finished) {done['skipped']}")
     return package.write_package(
         done["shards"], os.path.join(root, "package"), plan["package"],
@@ -197,15 +196,16 @@ def _print_stats(stats: dict) -> None:
 
 
 def main(argv):
+    from w2v_jax.supervision import teachers
+
     with cli.checking():
         plan = _validate(argv)
-        teacher = None
+        teacher = teachers.RendererTeacher(supersample=FLAGS.supersample)
         if FLAGS.teacher == "world_model":  # loading the run is part of checking its directory
-            from w2v_jax.models.world_model import WorldModelTeacher
             from w2v_jax.train.runs import load_world_model
 
-            teacher = WorldModelTeacher(load_world_model(FLAGS.world_model_dir),
-                                        steps=FLAGS.teacher_steps, cfg=FLAGS.teacher_cfg)
+            teacher = teachers.WorldModelTeacher(load_world_model(FLAGS.world_model_dir),
+                                                 steps=FLAGS.teacher_steps, cfg=FLAGS.teacher_cfg)
     out = plan["out"]
     fileio.sweep_stale(os.path.dirname(out), os.path.basename(out))
     fileio.sweep_stale(out)  # a killed package swap

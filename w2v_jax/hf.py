@@ -134,16 +134,6 @@ def _compile_row(hf: str, nnx_path: str) -> tuple[tuple[re.Pattern, str], tuple[
 _COMPILED = tuple((*_compile_row(hf, nnx_path), t) for hf, nnx_path, t in KEY_TABLE)
 
 
-def hf_to_nnx_path(key: str) -> tuple[str, str] | None:
-    """Hub key (either spelling) -> (dotted NNX path, transform), or None if unknown."""
-    key = normalize_key(key)
-    for (hf_re, _), (_, nnx_fmt), transform in _COMPILED:
-        m = hf_re.fullmatch(key)
-        if m:
-            return nnx_fmt.format(**m.groupdict()), transform
-    return None
-
-
 def nnx_to_hf_key(path: str) -> tuple[str, str] | None:
     """Dotted NNX parameter path -> (hub key, transform), or None if it has no HF name."""
     for (_, hf_fmt), (nnx_re, _), transform in _COMPILED:

@@ -20,15 +20,12 @@ Example (B examples per batch)::
     {"source": (B, M, H, W, 3) f32 in [-1, 1], "target": (B, N, H, W, 3) f32 in [-1, 1],
      "plucker_src": (B, M, H, W, 6), "plucker_tgt": (B, N, H, W, 6),
      "rel_src": (B, M, 4, 4), "rel_tgt": (B, N, 4, 4), "K": (B, 3, 3), "example_mask": (B,) bool}
-
-plus, with ``with_geometry=True``, ``depth_src``/``depth_tgt`` (B, V, H, W) metres and
-``instance_src``/``instance_tgt`` (B, V, H, W) int32 (posed clips only).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import grain
 import numpy as np
@@ -72,7 +69,6 @@ class PairConfig:
     first_source_prob: float = 0.5
     last_target_prob: float = 0.5
     flip_prob: float = 0.0
-    with_geometry: bool = False
     image_size: int = 0  # 0 = the clip's own size; else an integer-factor area downsample
 
     def __post_init__(self):
@@ -126,11 +122,11 @@ def downsample(frames, factor: int) -> np.ndarray:
 
 
 def make_example(clip: Mapping[str, Any], sources, targets, flip: bool = False,
-                 with_geometry: bool = False, image_size: int = 0) -> dict:
+                 image_size: int = 0) -> dict:
     """The training example of frames ``sources`` / ``targets`` of ``clip`` (module docstring).
 
     ``image_size`` > 0 area-downsamples the frames by the integer factor ``H / image_size`` (and
-    scales K); geometry outputs need the clip's own size.
+    scales K).
     """
     frames = np.asarray(clip["frames"])
     h, w = frames.shape[1:3]
@@ -139,9 +135,6 @@ def make_example(clip: Mapping[str, Any], sources, targets, flip: bool = False,
         factor = h // image_size
         if h != w or h % image_size:
             raise ValueError(f"image_size={image_size} must divide the square clip size {h}x{w}")
-        if with_geometry:
-            raise ValueError(f"with_geometry needs the clip's own size {h}, got image_size="
-                             f"{image_size}")
         frames = downsample(frames, factor)
         K = geometry.scale_intrinsics(K, 1.0 / factor).astype(np.float32)
         h = w = image_size
@@ -163,17 +156,6 @@ def make_example(clip: Mapping[str, Any], sources, targets, flip: bool = False,
         "K": K,
         "example_mask": np.bool_(True),
     }
-    if with_geometry:
-        for name, field, dtype in (("depth", "depth", np.float32),
-                                   ("instance", "instance", np.int32)):
-            if field not in clip:
-                raise ValueError(
-                    f"with_geometry needs clip field {field!r}; clip has {sorted(clip)}")
-            data = np.asarray(clip[field]).astype(dtype)
-            if flip:
-                data = data[:, :, ::-1]
-            out[f"{name}_src"] = np.ascontiguousarray(data[sources])
-            out[f"{name}_tgt"] = np.ascontiguousarray(data[targets])
     return out
 
 
@@ -187,8 +169,7 @@ class PairTransform(grain.transforms.RandomMap):
         n = int(clip["num_frames"])
         sources, targets = choose_views(n, self.config, rng)
         flip = bool(rng.random() < self.config.flip_prob)
-        return make_example(clip, sources, targets, flip, self.config.with_geometry,
-                            self.config.image_size)
+        return make_example(clip, sources, targets, flip, self.config.image_size)
 
 
 def pair_dataset(source, *, batch_size: int, config: PairConfig = PairConfig(), seed: int = 0,
@@ -251,17 +232,17 @@ def from_config(data_cfg, *, workdir, batch_size, seed, process_index, process_c
                          process_index=process_index, process_count=process_count,
                          read_threads=data_cfg.get("read_threads", 2),
                          skip_malformed=data_cfg.get("skip_malformed", False))
-    eval_fn = None
     num_eval = int(data_cfg.get("num_eval_batches", 0))
-    if num_eval:
-        eval_source = open_source(data_cfg, data_cfg.get("eval_split", "eval"))
+    if not num_eval:
+        return train, None
+    eval_source = open_source(data_cfg, data_cfg.get("eval_split", "eval"))
 
-        def eval_fn():
-            ds = pair_dataset(eval_source, batch_size=batch_size,
-                              config=pair_config(data_cfg, flip_prob=0.0), seed=seed + 1,
-                              shuffle=True, num_epochs=None, process_index=process_index,
-                              process_count=process_count)
-            it = iter(ds)
-            return [next(it) for _ in range(num_eval)]
+    def eval_fn():
+        ds = pair_dataset(eval_source, batch_size=batch_size,
+                          config=pair_config(data_cfg, flip_prob=0.0), seed=seed + 1,
+                          shuffle=True, num_epochs=None, process_index=process_index,
+                          process_count=process_count)
+        it = iter(ds)
+        return [next(it) for _ in range(num_eval)]
 
     return train, eval_fn

@@ -40,12 +40,11 @@ import numpy as np
 from PIL import Image
 
 from w2v_jax import fileio
+from w2v_jax.data.distill import DATASET_NAME, VERSION
 from w2v_jax.sim.clips import split_scenes
 from w2v_jax.supervision import build
 from w2v_jax.supervision.reward import ground_truth_json
 
-DATASET_NAME = "world2vlm_distill"
-VERSION = "1.0.0"
 SPLITS = ("sft", "grpo", "eval")
 IMAGE_DIR = "images"
 BINARY_LABELS = {"A4": ("claim_true", "true", "false"), "D2": ("disappears", "yes", "no"),
@@ -68,11 +67,6 @@ class PackageConfig:
             raise ValueError(f"grpo_per_task must be an integer >= 1, got {self.grpo_per_task!r}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-
-
-def builder_dir(out_dir: str) -> str:
-    """The TFDS directory of a package: out_dir/world2vlm_distill/1.0.0."""
-    return os.path.join(os.path.abspath(out_dir), DATASET_NAME, VERSION)
 
 
 # ----------------------------------------------------------------------------- record formats

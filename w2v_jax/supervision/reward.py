@@ -35,6 +35,8 @@ import math
 import re
 from typing import Any, Mapping, Sequence
 
+from w2v_jax.geometry import box_iou
+
 MAX_RESPONSE_CHARS = 200
 OVERLONG_SCORE = -1.0
 
@@ -188,17 +190,6 @@ def _canonical_box(box: Sequence[float]) -> tuple[list[float], float]:
     in_range = max(0.0, 1.0 - overflow / 200.0)
     clipped = [min(1000.0, max(0.0, v)) for v in sorted_box]
     return clipped, 0.7 * ordered + 0.3 * in_range
-
-
-def _area(box: Sequence[float]) -> float:
-    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two (x1, y1, x2, y2) boxes; 0 when the union is empty."""
-    inter = _area([max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])])
-    union = _area(a) + _area(b) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _abs_log_ratio(a: float, b: float) -> float:

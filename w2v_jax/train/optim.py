@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from w2v_jax.config_parsing import dataclass_from_dict
+
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
@@ -62,14 +64,10 @@ class OptimizerConfig:
     @classmethod
     def from_dict(cls, d: Any) -> "OptimizerConfig":
         """From a dict / ConfigDict; unknown keys raise ValueError naming them."""
-        d = dict(d)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"optimizer.{unknown[0]} is not a field; allowed: {sorted(names)}")
+        d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
         if "param_groups" in d:
             d["param_groups"] = tuple((str(r), float(m)) for r, m in d["param_groups"])
-        return cls(**d)
+        return dataclass_from_dict(cls, d, where="config.optimizer")
 
 
 def schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
