@@ -196,11 +196,11 @@ def _print_stats(stats: dict) -> None:
 
 
 def main(argv):
-    from w2v_jax.supervision import teachers
-
     with cli.checking():
         plan = _validate(argv)
-        teacher = teachers.RendererTeacher(supersample=FLAGS.supersample)
+        from w2v_jax.supervision import teachers
+
+        teacher = teachers.RendererTeacher(supersample=FLAGS.supersample, render_chunk=16)
         if FLAGS.teacher == "world_model":  # loading the run is part of checking its directory
             from w2v_jax.train.runs import load_world_model
 

@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 from absl import flags

@@ -40,12 +40,12 @@ import numpy as np
 
 from w2v_jax import actions as actions_lib
 from w2v_jax import fileio
+from w2v_jax.geometry import box_iou
 from w2v_jax.sim import clips as clips_lib
 from w2v_jax.sim import scene as scene_lib
 from w2v_jax.sim.render import render_cameras
 from w2v_jax.supervision import detect, qc, tasks
 from w2v_jax.supervision.teachers import RENDERER, Teacher
-from w2v_jax.geometry import box_iou
 
 DETECTORS = ("oracle", "color")
 TASK_TYPES = ("A1", "A2", "A3", "A4", "D1", "D2", "D3", "D4")
