@@ -10,3 +10,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def highest_precision():
+    """fp32 matmuls at full precision for a whole module (parity tests): a module opts in with
+    ``pytestmark = pytest.mark.usefixtures("highest_precision")``."""
+    with jax.default_matmul_precision("highest"):
+        yield

@@ -250,9 +250,10 @@ def test_scene_seeds_and_config_validation():
 
 
 def test_launcher_builds_resumes_and_refuses_other_options(built, tmp_path, capsys):
-    from absl import app, flags
+    from absl import flags
 
     from data_gen import build_supervision as launcher
+    from w2v_jax import cli
 
     out = str(tmp_path / "run")
     argv = ["build_supervision", "--num_scenes=2", f"--out={out}", "--supersample=1",
@@ -271,7 +272,7 @@ def test_launcher_builds_resumes_and_refuses_other_options(built, tmp_path, caps
         assert "scenes built 0, skipped (already finished) 2" in capsys.readouterr().out
         flags.FLAGS.unparse_flags()
         flags.FLAGS(argv + ["--vocabulary=color_shape"])
-        with pytest.raises(app.UsageError, match="vocabulary"):
+        with pytest.raises(cli.UserError, match="vocabulary"):
             launcher.main(["build_supervision"])
     finally:
         flags.FLAGS.unparse_flags()

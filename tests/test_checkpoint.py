@@ -8,28 +8,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from w2v_jax.data import pipeline, synthetic
-from w2v_jax.models.toy import ToyLM, ToyLMConfig
 from w2v_jax import sharding as shd
 from w2v_jax.train.checkpoint import Checkpointer
 from w2v_jax.train.metrics import MetricsWriter, read_metrics
 from w2v_jax.train.optim import OptimizerConfig
 from w2v_jax.train.trainer import Trainer
+from toy_fixtures import fresh, toy_model
 
-CFG = ToyLMConfig(vocab_size=32, width=64, depth=2, num_heads=4, mlp_dim=128, max_len=16)
 OPT = OptimizerConfig(learning_rate=1e-2, warmup_steps=1, clip_norm=1.0, weight_decay=0.01)
 
 
 @pytest.fixture(scope="module")
 def base_model():
-    return shd.create_unsharded(lambda: ToyLM(CFG, rngs=nnx.Rngs(0)))
-
-
-def fresh(model):
-    graphdef, state = nnx.split(model)
-    return nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
+    return toy_model(32)
 
 
 def host(tree):

@@ -13,7 +13,7 @@ PACKAGE = ROOT / "w2v_jax"
 
 # base modules: import nothing else of the package except other base modules where listed
 BASE = {"geometry": set(), "actions": {"geometry"}, "sharding": set(),
-        "processing": set(), "fileio": set(), "cli": set(), "config_parsing": set()}
+        "processing": {"fileio"}, "fileio": set(), "cli": set(), "config_parsing": set()}
 # layer -> the top-level names of w2v_jax it may import (besides its own)
 ALLOWED = {
     "sim": {"geometry", "actions"},

@@ -6,14 +6,11 @@ import optax
 import pytest
 from flax import nnx
 
-from w2v_jax.models.toy import ToyLM, ToyLMConfig
 from w2v_jax import sharding as shd
 from w2v_jax.train.optim import OptimizerConfig, path_str
 from w2v_jax.train.trainer import Trainer
+from toy_fixtures import fresh, toy_config, toy_model
 
-CFG = ToyLMConfig(vocab_size=64, width=64, depth=2, num_heads=4, mlp_dim=128, max_len=16)
-LORA_CFG = ToyLMConfig(vocab_size=64, width=64, depth=2, num_heads=4, mlp_dim=128, max_len=16,
-                       lora_rank=4)
 OPT = OptimizerConfig(learning_rate=1e-2, warmup_steps=2, end_lr_ratio=0.1, weight_decay=0.1,
                       clip_norm=1.0)
 ONE = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
@@ -34,18 +31,12 @@ def make_batches(n, batch=16, length=16, seed=0, ragged=False):
 
 @pytest.fixture(scope="module")
 def base_model():
-    return shd.create_unsharded(lambda: ToyLM(CFG, rngs=nnx.Rngs(0)))
+    return toy_model(64)
 
 
 @pytest.fixture(scope="module")
 def lora_model():
-    return shd.create_unsharded(lambda: ToyLM(LORA_CFG, rngs=nnx.Rngs(0)))
-
-
-def fresh(model):
-    """A copy with its own buffers (the Trainer donates its state)."""
-    graphdef, state = nnx.split(model)
-    return nnx.merge(graphdef, jax.tree.map(jnp.copy, state))
+    return toy_model(64, lora_rank=4)
 
 
 def flat_params(model, filt=nnx.Param):
@@ -111,7 +102,7 @@ def test_frozen_subtree_and_frozen_group_do_not_change(base_model):
 def test_lora_only_changes_lora_params(lora_model):
     before_base = flat_params(lora_model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))
     before_lora = flat_params(lora_model, nnx.LoRAParam)
-    assert len(before_lora) == 2 * 2 * LORA_CFG.depth  # a and b for q and v per block
+    assert len(before_lora) == 2 * 2 * toy_config(lora_rank=4).depth  # a and b for q and v per block
     trainer = Trainer(fresh(lora_model), OPT, "next_token", mesh=ONE, trainable="lora",
                       total_steps=3)
     for b in make_batches(3):

@@ -52,11 +52,13 @@ GRAMMAR = (
 )
 
 _NUM = r"(\d+(?:\.\d*)?|\.\d+)"
+# re.ASCII: the grammar is ASCII (\d must not match '５' or '١٥', which float() would accept)
 _ACTION_RE = re.compile(
     rf"^(?:move\s+(forward|backward|left|right)\s+{_NUM}\s*meters?"
-    rf"|turn\s+(left|right)\s+{_NUM}\s*degrees?)$"
+    rf"|turn\s+(left|right)\s+{_NUM}\s*degrees?)$", re.ASCII
 )
-_SEPARATOR_RE = re.compile(r"\s*(?:[,;]\s*(?:and\s+then|then|and)?|\band\s+then\b|\bthen\b|\band\b)\s*")
+_SEPARATOR_RE = re.compile(
+    r"\s*(?:[,;]\s*(?:and\s+then|then|and)?|\band\s+then\b|\bthen\b|\band\b)\s*", re.ASCII)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +128,9 @@ def parse_actions(text: str) -> list[Action]:
     """Parse the action grammar (see :data:`GRAMMAR`). Raises ValueError on anything else."""
     if not isinstance(text, str):
         raise ValueError(f"parse_actions expects a string, got {type(text).__name__}; grammar: {GRAMMAR}")
+    if not text.isascii():
+        bad = next(c for c in text if not c.isascii())
+        raise ValueError(f"non-ASCII character {bad!r} in {text!r}; the grammar is ASCII: {GRAMMAR}")
     body = " ".join(text.strip().lower().split()).rstrip(".").strip()
     if not body:
         raise ValueError(f"no actions in {text!r}; expected {GRAMMAR}")
@@ -197,7 +202,7 @@ def integrate(
     """
     if len(actions) == 0:
         raise ValueError("integrate needs at least one action; got an empty list")
-    if max_step_m <= 0 or max_step_deg <= 0 or min_frames < 2:
+    if not (0 < max_step_m < math.inf and 0 < max_step_deg < math.inf and min_frames >= 2):
         raise ValueError(
             f"need max_step_m > 0, max_step_deg > 0, min_frames >= 2; got {max_step_m}, "
             f"{max_step_deg}, {min_frames}"

@@ -24,6 +24,7 @@ from experiments.configs import world_model as wm_configs
 from w2v_jax.models import world_model as wm
 from w2v_jax import sharding
 from w2v_jax.train.optim import OptimizerConfig
+from w2v_jax.train.run import loss_kwargs
 from w2v_jax.train.trainer import Trainer
 
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Images per training step / sampler call.")
@@ -59,7 +60,8 @@ def main(argv):
     mesh = sharding.make_mesh(len(devices), 1, 1, devices=devices)
     model = sharding.create_sharded(ctor, mesh)
     params = wm.count_params(model)
-    trainer = Trainer(model, OptimizerConfig(learning_rate=1e-3), run_config.loss, mesh=mesh,
+    trainer = Trainer(model, OptimizerConfig(learning_rate=1e-3), run_config.loss,
+                      loss_kwargs=loss_kwargs(run_config), mesh=mesh,
                       total_steps=_TRAIN_STEPS.value + 1)
     batch = random_batch(config, b)
     jax.block_until_ready(trainer.train_step(batch)["loss"])  # compile
@@ -83,6 +85,7 @@ def main(argv):
         "bench": "world_model",
         "config_arg": _CONFIG_ARG.value,
         "loss": run_config.loss,
+        "loss_kwargs": loss_kwargs(run_config),
         "params": params,
         "train_devices": len(devices),
         "batch_size": b,

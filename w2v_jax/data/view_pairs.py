@@ -32,6 +32,7 @@ import numpy as np
 
 from w2v_jax import geometry
 from w2v_jax.data import realestate10k
+from w2v_jax.data import pipeline
 
 FLIP = np.diag([-1.0, 1.0, 1.0, 1.0]).astype(np.float32)
 
@@ -174,29 +175,23 @@ class PairTransform(grain.transforms.RandomMap):
 def pair_dataset(source, *, batch_size: int, config: PairConfig = PairConfig(), seed: int = 0,
                  shuffle: bool = True, num_epochs: int | None = None, process_index: int = 0,
                  process_count: int = 1, drop_remainder: bool = True, read_threads: int = 2,
-                 prefetch: int = 8) -> grain.IterDataset:
+                 prefetch: int = 8, skip_malformed: bool = False) -> grain.IterDataset:
     """Checkpointable Grain ``IterDataset`` of example batches for this process.
 
     ``source``: random-access clips (posed-clip split or :class:`RealEstate10KSource`). Order: a
     seeded shuffle of the clips per epoch, repeated ``num_epochs`` times (None = forever), process
-    ``p`` of ``P`` takes positions ``p, p+P, ...``; each visit of a clip draws fresh views.
+    ``p`` of ``P`` takes positions ``p, p+P, ...``; each visit of a clip draws fresh views. Clip
+    reads run in ``pipeline.build_pipeline``'s guard: a clip that cannot be read or turned into
+    an example raises ``MalformedRecordError`` naming it, or is skipped and counted with
+    ``skip_malformed``.
     """
-    if batch_size < 1:
-        raise ValueError(f"data.batch_size={batch_size} must be >= 1")
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} must be in [0, {process_count})")
     if len(source) == 0:
         raise ValueError("the clip source is empty")
-    ds = grain.MapDataset.source(source)
-    if shuffle:
-        ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs)
-    if process_count > 1:
-        ds = ds[process_index::process_count]
-    ds = ds.random_map(PairTransform(config), seed=seed)
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                              prefetch_buffer_size=prefetch))
-    return ds.batch(batch_size, drop_remainder=drop_remainder)
+    return pipeline.build_pipeline(
+        source, batch_size=batch_size, transform=PairTransform(config), seed=seed,
+        shuffle=shuffle, num_epochs=num_epochs, process_index=process_index,
+        process_count=process_count, drop_remainder=drop_remainder,
+        skip_malformed=skip_malformed, read_threads=read_threads, prefetch=prefetch)
 
 
 # ----------------------------------------------------------------------------- launcher builder
@@ -235,7 +230,8 @@ def from_config(data_cfg, *, workdir, batch_size, seed, process_index, process_c
     train = pair_dataset(open_source(data_cfg, data_cfg.get("train_split", "train")),
                          batch_size=batch_size, config=pair_config(data_cfg), seed=seed,
                          process_index=process_index, process_count=process_count,
-                         read_threads=data_cfg.get("read_threads", 2))
+                         read_threads=data_cfg.get("read_threads", 2),
+                         skip_malformed=data_cfg.get("skip_malformed", False))
     num_eval = int(data_cfg.get("num_eval_batches", 0))
     if not num_eval:
         return train, None

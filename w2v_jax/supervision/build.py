@@ -33,20 +33,19 @@ import dataclasses
 import json
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from w2v_jax import actions as actions_lib
+from w2v_jax import fileio
+from w2v_jax.geometry import box_iou
 from w2v_jax.sim import clips as clips_lib
 from w2v_jax.sim import scene as scene_lib
 from w2v_jax.sim.render import render_cameras
 from w2v_jax.supervision import detect, qc, tasks
 from w2v_jax.supervision.teachers import RENDERER, Teacher
-from w2v_jax.geometry import box_iou
 
 DETECTORS = ("oracle", "color")
 TASK_TYPES = ("A1", "A2", "A3", "A4", "D1", "D2", "D3", "D4")
@@ -333,10 +332,8 @@ def write_shard(shards_root: str, result: Mapping[str, Any]) -> str:
     `shards_root/scene_{scene_id}`. Returns that path."""
     from PIL import Image
 
-    os.makedirs(shards_root, exist_ok=True)
     final = shard_dir(shards_root, result["scene_seed"])
-    tmp = tempfile.mkdtemp(prefix=".tmp-scene-", dir=shards_root)
-    try:
+    with fileio.atomic_dir(final) as tmp:
         for traj in result["trajectories"]:
             frames = result["views"][traj["traj_id"]]
             for frame, image in zip(traj["frame_ids"], frames):
@@ -345,12 +342,6 @@ def write_shard(shards_root: str, result: Mapping[str, Any]) -> str:
         body = {k: v for k, v in result.items() if k != "views"}
         with open(os.path.join(tmp, SHARD_FILE), "w") as f:
             json.dump(body, f)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -372,6 +363,7 @@ def build_shards(
     from tqdm.auto import tqdm
 
     seeds = [int(s) for s in seeds]
+    fileio.sweep_stale(shards_root)  # temporaries of a killed run
     todo = [s for s in seeds if not is_finished(shards_root, s)]
     with tqdm(total=len(seeds), initial=len(seeds) - len(todo), desc="scenes", unit="scene",
               disable=not progress) as bar:

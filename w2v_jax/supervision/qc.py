@@ -30,6 +30,7 @@ A trajectory whose views fail blur or change is dropped whole (all its A and D r
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,12 +54,13 @@ class QCConfig:
     max_box_area: float = 0.9
 
     def __post_init__(self):
-        if self.blur_min < 0:
-            raise ValueError(f"QCConfig.blur_min must be >= 0, got {self.blur_min}")
+        if not 0 <= self.blur_min < math.inf:  # "not in range": NaN is refused too
+            raise ValueError(f"QCConfig.blur_min must be a finite number >= 0, got {self.blur_min}")
         if not 0 <= self.change_min <= self.change_max <= 1:
             raise ValueError(f"QCConfig needs 0 <= change_min <= change_max <= 1, got "
                              f"{self.change_min}, {self.change_max}")
-        if self.min_box_side < 0 or self.max_box_aspect < 1 or not 0 < self.max_box_area <= 1:
+        if (not 0 <= self.min_box_side < math.inf or not 1 <= self.max_box_aspect < math.inf
+                or not 0 < self.max_box_area <= 1):
             raise ValueError(f"QCConfig box thresholds out of range: min_box_side="
                              f"{self.min_box_side}, max_box_aspect={self.max_box_aspect}, "
                              f"max_box_area={self.max_box_area}")

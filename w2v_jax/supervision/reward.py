@@ -384,13 +384,24 @@ def load_ground_truth(ground_truth: str | Mapping[str, Any] | None) -> tuple[str
 def compute_score(
     reward_inputs: Sequence[Mapping[str, Any]], *, fix_d_variants: bool = True
 ) -> list[dict[str, float]]:
-    """EasyR1 batch reward: one score dict (key `overall` + sub-scores) per input."""
+    """EasyR1 batch reward: one score dict (key `overall` + sub-scores) per input.
+
+    Any string response scores (never raises); a non-dict item, or a `response` / `ground_truth`
+    of another type, raises ValueError naming the item index and the field."""
     if isinstance(reward_inputs, Mapping):
         raise ValueError(
             f"reward_inputs must be a list of dicts, got a single {type(reward_inputs).__name__}"
         )
     out = []
-    for item in reward_inputs:
+    for i, item in enumerate(reward_inputs):
+        if not isinstance(item, Mapping):
+            raise ValueError(f"reward_inputs[{i}] must be a dict with 'response' and "
+                             f"'ground_truth', got {type(item).__name__}")
+        for field, allowed in (("response", (str,)), ("ground_truth", (str, Mapping))):
+            if item.get(field) is not None and not isinstance(item[field], allowed):
+                raise ValueError(f"reward_inputs[{i}][{field!r}] must be a "
+                                 f"{' or '.join(t.__name__ for t in allowed)}, got "
+                                 f"{type(item[field]).__name__}")
         task_type, answer = load_ground_truth(item.get("ground_truth", ""))
         out.append(
             score(item.get("response", ""), task_type, answer, fix_d_variants=fix_d_variants)

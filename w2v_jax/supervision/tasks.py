@@ -380,6 +380,12 @@ def _d_template(task_type: str, key: str) -> tuple[T.Template, int]:
     return variants[index], index
 
 
+def _pair_slots(acts, start: dict, partner: dict) -> dict:
+    """Template slots of a tracked pair (D1, D3): the object, its boxes in both frames, actions."""
+    return {"OBJECT": start["label"], "BBOX_1": T.box_text(start["box"]),
+            "BBOX_2": T.box_text(partner["box"]), "ACTION_SEQ": format_actions(acts)}
+
+
 def _d_meta(traj_id, acts, start, partner, variant) -> dict:
     return {
         "traj_id": traj_id,
@@ -410,14 +416,9 @@ def build_d1(
         return None
     start, partner = pair
     template, variant = _d_template("D1", T.d_variant_key(traj_id, start["label"], target_frame))
-    slots = {
-        "OBJECT": start["label"],
-        "BBOX_1": T.box_text(start["box"]),
-        "BBOX_2": T.box_text(partner["box"]),
-        "ACTION_SEQ": format_actions(acts),
-    }
     return _record(
-        "D1", template, slots, [0, target_frame], _d_meta(traj_id, acts, start, partner, variant)
+        "D1", template, _pair_slots(acts, start, partner), [0, target_frame],
+        _d_meta(traj_id, acts, start, partner, variant)
     )
 
 
@@ -478,14 +479,8 @@ def build_d3(
         return None
     start, partner = pair
     template, variant = _d_template("D3", T.d_variant_key(traj_id, start["label"], target_frame))
-    slots = {
-        "OBJECT": start["label"],
-        "BBOX_1": T.box_text(start["box"]),
-        "BBOX_2": T.box_text(partner["box"]),
-        "ACTION_SEQ": format_actions(acts),
-        "ACTION_COUNT": str(len(acts)),
-        "ACTION_SEQ_NL": T.natural_sequence_text(acts),
-    }
+    slots = {**_pair_slots(acts, start, partner), "ACTION_COUNT": str(len(acts)),
+             "ACTION_SEQ_NL": T.natural_sequence_text(acts)}
     return _record(
         "D3", template, slots, [0, target_frame], _d_meta(traj_id, acts, start, partner, variant)
     )

@@ -45,7 +45,7 @@ from w2v_jax import sharding as shd
 from w2v_jax.config_parsing import dataclass_from_dict
 from w2v_jax.generate import SamplingConfig, generate
 from w2v_jax.processing.rope_index import decode_position_ids
-from w2v_jax.processing.tokenizer import special_token_ids
+from w2v_jax.processing.tokenizer import load_tokenizer, special_token_ids
 from w2v_jax.train.losses.grpo import group_advantages, response_logprobs
 
 RewardFn = Callable[[Sequence[Mapping[str, str]]], Sequence[Mapping[str, float]]]
@@ -306,7 +306,7 @@ def train_grpo(config, workdir: str, reward_fn: RewardFn | None = None):
     from w2v_jax.train.checkpoint import Checkpointer
     from w2v_jax.train.metrics import MetricsWriter
     from w2v_jax.train.optim import OptimizerConfig
-    from w2v_jax.train.run import loss_kwargs, validate_config
+    from w2v_jax.train.run import loss_kwargs, prepare_workdir, validate_config
     from w2v_jax.train.trainer import Trainer, check_finite
 
     gcfg = validate_grpo_config(config)
@@ -315,10 +315,8 @@ def train_grpo(config, workdir: str, reward_fn: RewardFn | None = None):
         raise ValueError("GRPO rollouts run in one process for now (jax.process_count() = "
                          f"{jax.process_count()}); use one host with many devices")
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    config, tokenizer = runs.vlm_run_inputs(config, workdir)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    config = prepare_workdir(config, workdir)
+    tokenizer = load_tokenizer(config.data.tokenizer_dir)
     model = runs.build_vlm(config, mesh)
     lora = config.trainable == "lora"
     iterations = config.total_steps

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from w2v_jax import hf
+from w2v_jax import fileio, hf
 from w2v_jax import sharding as shd
 from w2v_jax.models import lora, world_model
 from w2v_jax.models.vlm.config import VLMConfig
@@ -33,7 +32,10 @@ def read_run_config(workdir: str) -> dict:
     if not os.path.isfile(path):
         raise ValueError(f"workdir={workdir!r} is not a training run: no config.json")
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
 
 
 def restore_params(workdir: str, step: int | None = None, use_ema: bool = True) -> dict:
@@ -194,10 +196,8 @@ def vlm_run_inputs(config, workdir: str):
         if not source and init:
             source = init if init_kind(init) == "hf" else os.path.join(init, TOKENIZER_DIR)
         tok = load_tokenizer(source) if source else _package_tokenizer(config)
-        tmp = tok_dir + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tok.save_pretrained(tmp)
-        os.replace(tmp, tok_dir)
+        with fileio.atomic_dir(tok_dir) as tmp:
+            tok.save_pretrained(tmp)
     tok = load_tokenizer(tok_dir)
     ids = special_token_ids(tok)
     config.data.tokenizer_dir = tok_dir

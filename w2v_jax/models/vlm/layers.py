@@ -39,6 +39,25 @@ def linear(
     )
 
 
+class GatedMLP(nnx.Module):
+    """``down(act(gate(x)) * up(x))``: the decoder's SwiGLU (no biases) and the vision tower's
+    gated MLP (with biases). ``x`` (..., hidden) -> (..., hidden)."""
+
+    def __init__(self, cfg: VLMConfig, hidden: int, intermediate: int, hidden_act: str,
+                 use_bias: bool, *, rngs: nnx.Rngs):
+        self.hidden_act = hidden_act
+        self.gate_proj = linear(cfg, hidden, intermediate, ("embed", "mlp"), use_bias=use_bias,
+                                rngs=rngs)
+        self.up_proj = linear(cfg, hidden, intermediate, ("embed", "mlp"), use_bias=use_bias,
+                              rngs=rngs)
+        self.down_proj = linear(cfg, intermediate, hidden, ("mlp", "embed"), use_bias=use_bias,
+                                rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = activation(self.hidden_act)
+        return self.down_proj(act(self.gate_proj(x)) * self.up_proj(x))
+
+
 class RMSNorm(nnx.Module):
     """``weight * x / sqrt(mean(x^2) + eps)``; normalised in float32, then cast back (HF order)."""
 

@@ -70,27 +70,6 @@ class TextAttention(nnx.Module):
         return self.o_proj(out.reshape(b, length, -1)), cache
 
 
-class TextMLP(nnx.Module):
-    """SwiGLU without biases: ``down(act(gate(x)) * up(x))``."""
-
-    def __init__(self, cfg: VLMConfig, *, rngs: nnx.Rngs):
-        t = cfg.text
-        self.hidden_act = t.hidden_act
-        self.gate_proj = layers.linear(
-            cfg, t.hidden_size, t.intermediate_size, ("embed", "mlp"), use_bias=False, rngs=rngs
-        )
-        self.up_proj = layers.linear(
-            cfg, t.hidden_size, t.intermediate_size, ("embed", "mlp"), use_bias=False, rngs=rngs
-        )
-        self.down_proj = layers.linear(
-            cfg, t.intermediate_size, t.hidden_size, ("mlp", "embed"), use_bias=False, rngs=rngs
-        )
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        act = layers.activation(self.hidden_act)
-        return self.down_proj(act(self.gate_proj(x)) * self.up_proj(x))
-
-
 class DecoderLayer(nnx.Module):
     """Pre-norm decoder layer: input_layernorm -> attention, post_attention_layernorm -> MLP."""
 
@@ -99,7 +78,9 @@ class DecoderLayer(nnx.Module):
         self.input_layernorm = layers.RMSNorm(cfg.text.hidden_size, eps, cfg)
         self.self_attn = TextAttention(cfg, rngs=rngs)
         self.post_attention_layernorm = layers.RMSNorm(cfg.text.hidden_size, eps, cfg)
-        self.mlp = TextMLP(cfg, rngs=rngs)
+        t = cfg.text  # SwiGLU without biases
+        self.mlp = layers.GatedMLP(cfg, t.hidden_size, t.intermediate_size, t.hidden_act,
+                                   use_bias=False, rngs=rngs)
 
     def __call__(self, x, cos, sin, mask, cache=None, cache_index=None):
         h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, cache_index)

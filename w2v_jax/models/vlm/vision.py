@@ -122,27 +122,6 @@ class VisionAttention(nnx.Module):
         return self.proj(out.reshape(n, -1))
 
 
-class VisionMLP(nnx.Module):
-    """Gated MLP with biases: ``down(act(gate(x)) * up(x))``."""
-
-    def __init__(self, cfg: VLMConfig, *, rngs: nnx.Rngs):
-        v = cfg.vision
-        self.hidden_act = v.hidden_act
-        self.gate_proj = layers.linear(
-            cfg, v.hidden_size, v.intermediate_size, ("embed", "mlp"), use_bias=True, rngs=rngs
-        )
-        self.up_proj = layers.linear(
-            cfg, v.hidden_size, v.intermediate_size, ("embed", "mlp"), use_bias=True, rngs=rngs
-        )
-        self.down_proj = layers.linear(
-            cfg, v.intermediate_size, v.hidden_size, ("mlp", "embed"), use_bias=True, rngs=rngs
-        )
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        act = layers.activation(self.hidden_act)
-        return self.down_proj(act(self.gate_proj(x)) * self.up_proj(x))
-
-
 class VisionBlock(nnx.Module):
     """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``."""
 
@@ -151,7 +130,9 @@ class VisionBlock(nnx.Module):
         self.norm1 = layers.RMSNorm(cfg.vision.hidden_size, eps, cfg)
         self.norm2 = layers.RMSNorm(cfg.vision.hidden_size, eps, cfg)
         self.attn = VisionAttention(cfg, rngs=rngs)
-        self.mlp = VisionMLP(cfg, rngs=rngs)
+        v = cfg.vision  # gated MLP with biases
+        self.mlp = layers.GatedMLP(cfg, v.hidden_size, v.intermediate_size, v.hidden_act,
+                                   use_bias=True, rngs=rngs)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array) -> jax.Array:
         x = x + self.attn(self.norm1(x), cos, sin, mask)
