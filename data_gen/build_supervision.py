@@ -136,9 +136,10 @@ def main(argv):
     if FLAGS.teacher == "world_model":
         if not FLAGS.world_model_dir:
             raise app.UsageError("--teacher=world_model needs --world_model_dir")
-        from w2v_jax.models.world_model import WorldModelTeacher, load_from_workdir
+        from w2v_jax.models.world_model import WorldModelTeacher
+        from w2v_jax.train.runs import load_world_model
 
-        model = load_from_workdir(FLAGS.world_model_dir)
+        model = load_world_model(FLAGS.world_model_dir)
         size = model.config.image_size
         if FLAGS["resolution"].present and FLAGS.resolution != size:
             raise app.UsageError(f"--resolution {FLAGS.resolution} differs from the world model's "

@@ -36,6 +36,7 @@ from w2v_jax import actions, geometry
 from w2v_jax.models import world_model as wm
 from w2v_jax.models.world_model import metrics
 from w2v_jax.train.checkpoint import Checkpointer
+from w2v_jax.train.runs import load_world_model
 
 SPLITS = {"moves": ("forward", "backward", "left", "right"), "turns": ("turn_left", "turn_right")}
 
@@ -261,7 +262,7 @@ def main(argv):
     print(f"{len(rows)} held-out pairs from {len({r['scene_seed'] for r in rows})} scenes "
           f"(disjoint from the run's {len(train_seeds)} training scenes)")
 
-    model = wm.load_from_workdir(workdir, use_ema=not _NO_EMA.value)
+    model = load_world_model(workdir, use_ema=not _NO_EMA.value)
     size = rows[0]["src"].shape[0]
     if model.config.image_size != size:
         raise ValueError(f"the model works at {model.config.image_size} px but the held-out clips "
@@ -272,7 +273,7 @@ def main(argv):
     views = {"imagined": predict(model, rows, **sampler_args)}
     sample_s = time.time() - t1
     if _REG.value:
-        reg = wm.load_from_workdir(os.path.abspath(_REG.value), use_ema=not _NO_EMA.value)
+        reg = load_world_model(os.path.abspath(_REG.value), use_ema=not _NO_EMA.value)
         views["regression"] = predict(reg, rows, **sampler_args)
     views["copy_source"] = np.stack([r["src"] for r in rows])
     views["warp"] = np.stack([metrics.warp_baseline(r["src"], r["depth_src"], r["K"], r["rel"])

@@ -13,11 +13,12 @@ from flax import nnx
 from PIL import Image
 
 from w2v_jax import actions, geometry
-from w2v_jax.data import clips
+from w2v_jax.data import realestate10k, view_pairs as clips
 from w2v_jax.models import world_model as wm
 from w2v_jax.models.world_model import metrics
 from w2v_jax import sharding
 from w2v_jax.train.losses import get_loss
+from w2v_jax.train.runs import load_world_model
 from w2v_jax.train.optim import OptimizerConfig
 from w2v_jax.train.trainer import Trainer
 
@@ -146,7 +147,7 @@ def test_realestate10k_loader(tmp_path):
                               + [f"{v:.9f}" for v in m.reshape(-1)]))
         Image.fromarray(np.full((40, 64, 3), 40 * f, np.uint8)).save(frames / f"{ts}.png")
     (root / "seq0.txt").write_text("\n".join(lines) + "\n")
-    source = clips.RealEstate10KSource(str(root), image_size=16, max_frames=4)
+    source = realestate10k.RealEstate10KSource(str(root), image_size=16, max_frames=4)
     clip = source[0]
     assert clip["frames"].shape == (4, 16, 16, 3) and clip["num_frames"] == 3
     np.testing.assert_array_equal(clip["frame_mask"], [True, True, True, False])
@@ -159,7 +160,7 @@ def test_realestate10k_loader(tmp_path):
     bad.mkdir()
     (bad / "x.txt").write_text("123 1 2 3\n456 1 2 3\n")
     with pytest.raises(ValueError, match="expected 19 numbers"):
-        clips.read_realestate10k_cameras(str(bad / "x.txt"))
+        realestate10k.read_realestate10k_cameras(str(bad / "x.txt"))
 
 
 # ----------------------------------------------------------------------------------- model
@@ -271,7 +272,7 @@ class _SelfCondSpy:
 
 def test_self_conditioned_loss_feeds_first_pass_estimate():
     spy, batch = _SelfCondSpy(), _batch(8)
-    get_loss("flow_matching_self_cond")(spy, batch, jax.random.key(3))
+    get_loss("flow_matching", terminal_prob=0.25)(spy, batch, jax.random.key(3))
     first, second = spy.calls
     assert first["x_t"].shape[0] == 4 and first["self_cond"] is None  # half of the batch
     np.testing.assert_array_equal(first["x_t"], second["x_t"][:4])  # same noisy inputs,
@@ -291,7 +292,7 @@ def test_self_conditioned_loss_feeds_first_pass_estimate():
             return self.w * (target + (0.0 if self_cond is None else self_cond))
 
     def through_loss(w):
-        return get_loss("flow_matching_self_cond")(Scaled(w), batch, jax.random.key(3))[0]
+        return get_loss("flow_matching", terminal_prob=0.25)(Scaled(w), batch, jax.random.key(3))[0]
 
     def held_constant(w):
         est = np.clip(0.3 * x_t[:4], -1, 1)  # the first pass at w = 0.3, as a constant
@@ -303,18 +304,17 @@ def test_self_conditioned_loss_feeds_first_pass_estimate():
                                float(jax.grad(held_constant)(0.3)), rtol=1e-4)
     model = _randomize(_tiny(self_condition=True))
     with pytest.raises(ValueError, match="self_cond_prob > 0"):
-        get_loss("flow_matching")(model, batch, jax.random.key(0))
+        get_loss("flow_matching", self_cond_prob=0.0)(model, batch, jax.random.key(0))
     with pytest.raises(ValueError, match="self_cond_prob = 0"):
-        get_loss("flow_matching_self_cond")(_tiny(), batch, jax.random.key(0))
-    from w2v_jax.train.losses import flow_matching as fm
-    with pytest.raises(ValueError, match="self_cond_prob"):
-        fm.make_flow_matching(self_cond_prob=2.0)
+        get_loss("flow_matching", self_cond_prob=0.5)(_tiny(), batch, jax.random.key(0))
+    with pytest.raises(ValueError, match="self_cond_prob must be in"):
+        get_loss("flow_matching", self_cond_prob=2.0)
 
 
 def test_self_conditioned_loss_decreases():
     batch = _batch(8)
     trainer = Trainer(_tiny(self_condition=True), OptimizerConfig(learning_rate=3e-3),
-                      "flow_matching_self_cond", total_steps=25)
+                      "flow_matching", loss_kwargs={"terminal_prob": 0.25}, total_steps=25)
     before = trainer.evaluate([batch])["eval_loss"]
     for _ in range(25):
         trainer.train_step(batch)
@@ -334,18 +334,20 @@ def test_flow_time_distributions():
     assert abs(np.median(shifted) - 1 / (1 + np.exp(-1.0))) < 0.03  # sigmoid(1) = 0.731
     assert abs(np.mean(uniform < 0.3) - 0.3) < 0.03 and uniform.min() > 0
     spy, batch = _SpyModel(), _batch(64)
-    get_loss("flow_matching_terminal")(spy, batch, jax.random.key(1))
+    get_loss("flow_matching", terminal_prob=0.25)(spy, batch, jax.random.key(1))
     assert 0.1 < np.mean(spy.t == 1.0) < 0.45  # a quarter of the examples at exactly t = 1
-    get_loss("flow_matching_terminal_half")(spy, batch, jax.random.key(1))
+    get_loss("flow_matching", terminal_prob=0.5)(spy, batch, jax.random.key(1))
     assert 0.35 < np.mean(spy.t == 1.0) < 0.65  # half of them
     get_loss("flow_matching")(spy, batch, jax.random.key(1))
     assert not np.any(spy.t == 1.0)
-    get_loss("flow_matching_high_noise")(spy, batch, jax.random.key(1))
+    get_loss("flow_matching", time_mean=1.0)(spy, batch, jax.random.key(1))
     assert np.mean(spy.t > 0.5) > 0.7
     with pytest.raises(ValueError, match="time_std"):
-        fm.make_flow_matching(time_std=0.0)
+        get_loss("flow_matching", time_std=0.0)
     with pytest.raises(ValueError, match="terminal_prob"):
-        fm.make_flow_matching(terminal_prob=1.5)
+        get_loss("flow_matching", terminal_prob=1.5)
+    with pytest.raises(ValueError, match=r"\['terminal'\] are not options of loss 'flow_matching'"):
+        get_loss("flow_matching", terminal=0.5)
 
 
 @pytest.mark.slow
@@ -553,7 +555,7 @@ def test_launcher_tiny_run_and_reload(tmp_path):
     config.progress = False
     trainer = train_from_config(config, str(tmp_path / "run"))
     assert trainer.step == 4
-    model = wm.load_from_workdir(str(tmp_path / "run"))
+    model = load_world_model(str(tmp_path / "run"))
     ema = trainer.ema_model()
     b = _batch(2)
     t = jnp.full((2,), 0.3)

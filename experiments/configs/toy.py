@@ -8,21 +8,15 @@
 """
 import ml_collections
 
+from experiments.configs import common
+
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
     if arg not in ("", "lora"):
         raise ValueError(f"config arg {arg!r}: allowed '' or 'lora'")
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.total_steps = 200
-    c.batch_size = 16  # global, split over mesh.data * mesh.fsdp
-    c.grad_accum_steps = 1
-    c.loss = "next_token"
+    c = common.run_config(loss="next_token", batch_size=16, total_steps=200, learning_rate=3e-3,
+                          warmup_steps=20, b2=0.98)
     c.trainable = "lora" if arg == "lora" else "all"
-    c.ema_decay = 0.0
-
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-
     c.model = ml_collections.ConfigDict(
         dict(name="toy_lm", seed=0, vocab_size=64, width=64, depth=2, num_heads=4, mlp_dim=128,
              max_len=32, lora_rank=4 if arg == "lora" else 0, dtype="float32")
@@ -31,12 +25,4 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         dict(name="synthetic_lm", data_dir="", num_examples=4096, num_eval=64, seq_len=32,
              vocab_size=64, seed=0, num_workers=0, skip_malformed=False)
     )
-    c.optimizer = ml_collections.ConfigDict(
-        dict(learning_rate=3e-3, warmup_steps=20, decay_steps=0, end_lr_ratio=0.1, b1=0.9,
-             b2=0.98, eps=1e-8, weight_decay=0.01, clip_norm=1.0, param_groups=())
-    )
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=100, max_to_keep=3, async_save=True))
-    c.log_every_steps = 1
-    c.eval_every_steps = 100
-    c.progress = True
     return c

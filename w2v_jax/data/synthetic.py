@@ -98,3 +98,31 @@ def pipeline(builder_dir: str, split: str, *, batch_size: int, vocab_size: int, 
 
 def default_data_dir(workdir: str) -> str:
     return os.path.join(workdir, "data")
+
+
+def from_config(data_cfg, *, workdir, batch_size, seed, process_index, process_count):
+    """Data builder ``synthetic_lm`` (``w2v_jax.data.builders``): writes the synthetic ArrayRecord
+    dataset once (process 0, under ``data.data_dir`` or ``WORKDIR/data``) and returns Grain
+    pipelines over it."""
+    from jax.experimental import multihost_utils
+
+    data_dir = data_cfg.data_dir or default_data_dir(workdir)
+    args = dict(num_examples=data_cfg.num_examples, seq_len=data_cfg.seq_len,
+                vocab_size=data_cfg.vocab_size, seed=data_cfg.seed)
+    if process_index == 0:
+        write(data_dir, num_eval=data_cfg.num_eval, **args)
+    if process_count > 1:
+        multihost_utils.sync_global_devices("synthetic_lm_data written")
+    # Process 0 wrote it above; every other process finds the complete copy and reuses it.
+    builder_dir = write(data_dir, num_eval=data_cfg.num_eval, **args)
+    common = dict(vocab_size=data_cfg.vocab_size, seq_len=data_cfg.seq_len,
+                  process_index=process_index, process_count=process_count,
+                  skip_malformed=data_cfg.skip_malformed)
+    train = pipeline(builder_dir, "train", batch_size=batch_size, seed=seed,
+                     num_workers=data_cfg.num_workers, **common)
+
+    def eval_batches():
+        return pipeline(builder_dir, "eval", batch_size=batch_size, seed=seed, shuffle=False,
+                        num_epochs=1, drop_remainder=False, **common)
+
+    return train, (eval_batches if data_cfg.num_eval else None)

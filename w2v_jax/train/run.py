@@ -2,19 +2,15 @@
 
 A config (``ml_collections.ConfigDict``, see ``experiments/configs/toy.py``) names:
 
-* ``model.name`` — a key of ``MODEL_FACTORIES`` or a ``"module:function"`` path; the factory
-  takes ``config.model`` and returns a zero-argument constructor of the ``nnx.Module``;
-* ``data.name`` — a key of ``DATA_FACTORIES`` or ``"module:function"``; the factory is called as
-  ``fn(config.data, workdir=, batch_size=<rows per process>, seed=, process_index=,
-  process_count=)`` and returns ``(train_dataset, eval_fn | None)``: an iterable whose iterator
-  may be checkpointable (``get_state``/``set_state``), and a zero-argument function returning an
-  iterable of eval batches;
+* ``model.name`` — a builder of ``w2v_jax.models.builders.MODEL_BUILDERS``;
+* ``data.name`` — a builder of ``w2v_jax.data.builders.DATA_BUILDERS``;
 * ``loss`` (a registered loss name), ``trainable``, ``grad_accum_steps``, ``ema_decay``,
   ``optimizer`` (``OptimizerConfig`` fields), ``mesh`` (``data``/``fsdp``/``tensor``, -1 fills),
   ``batch_size`` (global), ``total_steps``, ``seed``, ``checkpoint`` (``every_steps``,
   ``max_to_keep``, ``async_save``), ``log_every_steps``, ``eval_every_steps``, ``progress``;
-  optional ``stop_at_step`` (> 0: stop at that step while the learning-rate schedule still spans
-  ``total_steps``, e.g. to compare two runs at an equal step count).
+  ``stop_at_step`` (> 0: stop at that step while the learning-rate schedule still spans
+  ``total_steps``, e.g. to compare two runs at an equal step count) and ``time_budget_s`` (> 0:
+  stop after that much wall time of training in this process, with a final checkpoint).
 
 A workdir that holds checkpoints resumes from the newest one (train state, optimizer, RNG and
 data-iterator position), so re-running the same command continues an interrupted run and
@@ -23,43 +19,18 @@ before anything is compiled.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
-from typing import Callable, Sequence
-
 import jax
 
 from w2v_jax import sharding as shd
+from w2v_jax.data.builders import get_data_builder
+from w2v_jax.models.builders import get_model_builder
 from w2v_jax.train.checkpoint import Checkpointer
-from w2v_jax.train.losses import registered_losses
+from w2v_jax.train.losses import get_loss, registered_losses
 from w2v_jax.train.metrics import MetricsWriter
 from w2v_jax.train.optim import OptimizerConfig
 from w2v_jax.train.trainer import Trainer
-
-MODEL_FACTORIES: dict[str, str] = {
-    "toy_lm": "w2v_jax.models.toy:from_config",
-}
-DATA_FACTORIES: dict[str, str] = {
-    "synthetic_lm": "w2v_jax.train.run:synthetic_lm_data",
-}
-
-
-def resolve(table: dict[str, str], name: str, field: str) -> Callable:
-    """Imports ``table[name]`` or a ``"module:function"`` name; ValueError naming ``field``."""
-    target = table.get(name, name)
-    if ":" not in target:
-        raise ValueError(
-            f"config.{field}={name!r} is unknown; allowed: {sorted(table)} or 'module:function'"
-        )
-    module, fn = target.split(":", 1)
-    try:
-        obj = importlib.import_module(module)
-        for part in fn.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"config.{field}={name!r} cannot be imported: {e}") from e
-    return obj
 
 
 def validate_config(config) -> jax.sharding.Mesh:
@@ -75,6 +46,7 @@ def validate_config(config) -> jax.sharding.Mesh:
     if config.loss not in registered_losses():
         raise ValueError(f"config.loss={config.loss!r} is not registered; registered losses: "
                          f"{registered_losses()}")
+    get_loss(config.loss, **loss_kwargs(config))
     try:
         mesh = shd.make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     except ValueError as e:
@@ -88,13 +60,16 @@ def validate_config(config) -> jax.sharding.Mesh:
     if config.batch_size % jax.process_count():
         raise ValueError(f"config.batch_size={config.batch_size} must be divisible by the "
                          f"process count {jax.process_count()}")
-    resolve(MODEL_FACTORIES, config.model.name, "model.name")
-    resolve(DATA_FACTORIES, config.data.name, "data.name")
+    budget = config.get("time_budget_s", 0)
+    if not isinstance(budget, (int, float)) or not budget >= 0:
+        raise ValueError(f"config.time_budget_s={budget!r} must be a number >= 0 (0: no limit)")
+    get_model_builder(config.model.name)
+    get_data_builder(config.data.name)
     OptimizerConfig.from_dict(config.optimizer)
     return mesh
 
 
-def train_from_config(config, workdir: str, *, hooks: Sequence[Callable] = ()) -> Trainer:
+def train_from_config(config, workdir: str) -> Trainer:
     """Builds everything from ``config`` and trains to ``config.total_steps`` in ``workdir``.
 
     Writes ``workdir/config.json``, ``workdir/metrics.jsonl``, ``workdir/tensorboard/`` and
@@ -107,12 +82,13 @@ def train_from_config(config, workdir: str, *, hooks: Sequence[Callable] = ()) -
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
 
-    model_ctor = resolve(MODEL_FACTORIES, config.model.name, "model.name")(config.model)
+    model_ctor = get_model_builder(config.model.name)(config.model)
     model = shd.create_sharded(model_ctor, mesh)
     trainer = Trainer(
         model,
         OptimizerConfig.from_dict(config.optimizer),
         config.loss,
+        loss_kwargs=loss_kwargs(config),
         mesh=mesh,
         trainable=config.trainable,
         grad_accum_steps=config.grad_accum_steps,
@@ -120,8 +96,7 @@ def train_from_config(config, workdir: str, *, hooks: Sequence[Callable] = ()) -
         total_steps=config.total_steps,
         seed=config.seed,
     )
-    data_factory = resolve(DATA_FACTORIES, config.data.name, "data.name")
-    train_ds, eval_fn = data_factory(
+    train_ds, eval_fn = get_data_builder(config.data.name)(
         config.data,
         workdir=workdir,
         batch_size=config.batch_size // jax.process_count(),
@@ -150,8 +125,8 @@ def train_from_config(config, workdir: str, *, hooks: Sequence[Callable] = ()) -
             log_every=config.log_every_steps,
             eval_every=config.eval_every_steps,
             eval_data=eval_fn,
-            hooks=hooks,
             progress=config.progress,
+            time_budget_s=config.get("time_budget_s", 0),
             meta={"config": json.loads(config.to_json_best_effort())},
         )
     finally:
@@ -163,29 +138,7 @@ def train_from_config(config, workdir: str, *, hooks: Sequence[Callable] = ()) -
     return trainer
 
 
-def synthetic_lm_data(data_cfg, *, workdir, batch_size, seed, process_index, process_count):
-    """Data factory of the toy LM: writes the synthetic ArrayRecord dataset once (process 0,
-    under ``data.data_dir`` or ``WORKDIR/data``) and returns Grain pipelines over it."""
-    from jax.experimental import multihost_utils
-
-    from w2v_jax.data import synthetic
-
-    data_dir = data_cfg.data_dir or synthetic.default_data_dir(workdir)
-    args = dict(num_examples=data_cfg.num_examples, seq_len=data_cfg.seq_len,
-                vocab_size=data_cfg.vocab_size, seed=data_cfg.seed)
-    if process_index == 0:
-        synthetic.write(data_dir, num_eval=data_cfg.num_eval, **args)
-    if process_count > 1:
-        multihost_utils.sync_global_devices("synthetic_lm_data written")
-    # Process 0 wrote it above; every other process finds the complete copy and reuses it.
-    builder_dir = synthetic.write(data_dir, num_eval=data_cfg.num_eval, **args)
-    common = dict(vocab_size=data_cfg.vocab_size, seq_len=data_cfg.seq_len,
-                  process_index=process_index, process_count=process_count,
-                  skip_malformed=data_cfg.skip_malformed)
-    train = synthetic.pipeline(builder_dir, "train", batch_size=batch_size, seed=seed,
-                               num_workers=data_cfg.num_workers, **common)
-    def eval_batches():
-        return synthetic.pipeline(builder_dir, "eval", batch_size=batch_size, seed=seed,
-                                  shuffle=False, num_epochs=1, drop_remainder=False, **common)
-
-    return train, (eval_batches if data_cfg.num_eval else None)
+def loss_kwargs(config) -> dict:
+    """``config.loss_kwargs`` as a plain dict (empty when the config has none)."""
+    kwargs = config.get("loss_kwargs")
+    return dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else (kwargs or {}))

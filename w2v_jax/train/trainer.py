@@ -7,7 +7,7 @@ Usage (any NNX model whose parameters carry logical axis names)::
     trainer = Trainer(model, OptimizerConfig(learning_rate=3e-3, warmup_steps=10),
                       loss="next_token", mesh=mesh, total_steps=1000)
     metrics = trainer.train_step(batch)          # one update; batch: dict of host arrays [B, ...]
-    trainer.fit(iterator, total_steps=1000, workdir=..., checkpointer=...)   # loop + logging
+    trainer.fit(iterator, total_steps=1000, checkpointer=..., metrics_writer=...)  # loop + logs
 
 The step is one ``jax.jit`` with explicit in/out shardings and the train state donated:
 ``state = {"step", "params", "opt_state", "rng"[, "ema"]}`` where ``params`` holds only the
@@ -43,9 +43,6 @@ from w2v_jax.train.losses import get_loss
 from w2v_jax.train.optim import OptimizerConfig, frozen_regexes, make_optimizer, path_str
 from w2v_jax.train.optim import schedule as lr_schedule
 
-Hook = Callable[["Trainer", int, dict], None]
-
-
 def trainable_filter(spec: Any, frozen: Sequence[str] = ()) -> Callable[[tuple, Any], bool]:
     """Predicate ``(path, variable) -> bool`` selecting the trainable variables.
 
@@ -79,6 +76,19 @@ def trainable_filter(spec: Any, frozen: Sequence[str] = ()) -> Callable[[tuple, 
         return not any(r.search(p) for r in patterns)
 
     return is_trainable
+
+
+def resolve_optimizer(optimizer: Any, total_steps: int | None):
+    """``(tx, lr_schedule | None, frozen_regexes)`` of an optax transform, an ``OptimizerConfig``
+    or a dict of its fields (the schedule spans ``total_steps``, or ``decay_steps`` if set)."""
+    if isinstance(optimizer, optax.GradientTransformation):
+        return optimizer, None, ()
+    cfg = optimizer if isinstance(optimizer, OptimizerConfig) else \
+        OptimizerConfig.from_dict(optimizer)
+    if total_steps is None and not cfg.decay_steps:
+        raise ValueError("total_steps is required with an OptimizerConfig (for the schedule)")
+    steps = int(total_steps or cfg.decay_steps)
+    return make_optimizer(cfg, steps), lr_schedule(cfg, steps), frozen_regexes(cfg)
 
 
 def _opt_state_shardings(abs_opt: Any, params: Any, replicated: NamedSharding) -> Any:
@@ -130,6 +140,7 @@ class Trainer:
         fields (AdamW, warmup + cosine, clipping, weight decay, param groups; groups with
         multiplier 0 are frozen).
       loss: a loss function or a registered loss name.
+      loss_kwargs: options of a registered loss (``get_loss(loss, **loss_kwargs)``).
       mesh: the device mesh (default: the mesh of the model's first parameter, or 1 device).
       trainable: see ``trainable_filter``.
       grad_accum_steps: micro-batches per step (the batch is split along its first dim).
@@ -145,6 +156,7 @@ class Trainer:
         loss: Any,
         *,
         mesh: jax.sharding.Mesh | None = None,
+        loss_kwargs: Mapping[str, Any] | None = None,
         trainable: Any = "all",
         grad_accum_steps: int = 1,
         ema_decay: float = 0.0,
@@ -152,7 +164,7 @@ class Trainer:
         seed: int = 0,
     ):
         # ---- validate configuration (before anything compiles) ----
-        self.loss_fn = get_loss(loss) if isinstance(loss, str) else loss
+        self.loss_fn = get_loss(loss, **dict(loss_kwargs or {})) if isinstance(loss, str) else loss
         if not callable(self.loss_fn):
             raise ValueError(f"loss={loss!r} must be a registered name or a callable")
         if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
@@ -163,22 +175,7 @@ class Trainer:
         self.ema_decay = float(ema_decay)
         self.mesh = mesh if mesh is not None else _infer_mesh(model)
 
-        frozen: tuple[str, ...] = ()
-        self._schedule = None
-        if isinstance(optimizer, optax.GradientTransformation):
-            self.tx = optimizer
-        else:
-            cfg = optimizer if isinstance(optimizer, OptimizerConfig) else None
-            if cfg is None:
-                cfg = OptimizerConfig.from_dict(optimizer)
-            if total_steps is None and not cfg.decay_steps:
-                raise ValueError(
-                    "total_steps is required with an OptimizerConfig (for the schedule)"
-                )
-            steps = int(total_steps or cfg.decay_steps)
-            self.tx = make_optimizer(cfg, steps)
-            self._schedule = lr_schedule(cfg, steps)
-            frozen = frozen_regexes(cfg)
+        self.tx, self._schedule, frozen = resolve_optimizer(optimizer, total_steps)
 
         # ---- split the model: trainable params vs the rest ----
         self.model = model
@@ -339,9 +336,11 @@ class Trainer:
         nnx.update(self.model, self.state["params"])
         return metrics
 
-    def evaluate(self, batches: Iterable[Mapping[str, Any]], use_ema: bool = False) -> dict:
-        """Weighted metrics over ``batches``: ``{"eval_loss", "eval_<aux>"...}`` (host floats)."""
-        params = self.state["ema" if use_ema else "params"]
+    def evaluate(self, batches: Iterable[Mapping[str, Any]]) -> dict:
+        """Weighted metrics over ``batches``: ``{"eval_loss", "eval_<aux>"...}`` (host floats).
+
+        With ``ema_decay > 0`` the EMA parameters are evaluated (what a finished run ships)."""
+        params = self.state["ema" if "ema" in self.state else "params"]
         total = None
         with shd.rules_context(self.mesh):
             for batch in batches:
@@ -384,91 +383,127 @@ class Trainer:
         log_every: int = 1,
         eval_every: int = 0,
         eval_data: Callable[[], Iterable[Mapping[str, Any]]] | None = None,
-        hooks: Sequence[Hook] = (),
         progress: bool = True,
         meta: dict | None = None,
+        time_budget_s: float = 0.0,
     ) -> list[dict]:
         """Trains from ``self.step`` to ``total_steps``; returns the logged rows.
 
         ``data``: an iterator (or iterable) of host batches; if it has ``get_state`` its state
         is checkpointed with the model. A checkpoint is written every ``checkpoint_every`` steps
-        and always at ``total_steps``. ``eval_data()`` returns a fresh iterable of eval batches,
-        run every ``eval_every`` steps. ``hooks(trainer, step, row)`` run after each logged step.
-        The next batch is read while the device computes the current step.
+        and at the end. ``eval_data()`` returns a fresh iterable of eval batches, run every
+        ``eval_every`` steps. ``time_budget_s`` > 0 stops after that much wall time (a final
+        checkpoint is still written). A non-finite loss or gradient norm raises
+        ``NonFiniteError`` (step, metric) and nothing is saved from that step on. The next batch
+        is read while the device computes the current step (metrics are read one step late).
         """
         if total_steps < self.step:
             raise ValueError(f"total_steps={total_steps} is below the current step {self.step}")
         it: Iterator = data if isinstance(data, Iterator) else iter(data)
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=total_steps,
-            initial=self.step,
-            disable=not progress or jax.process_index() != 0,
-            dynamic_ncols=True,
-        )
-        rows: list[dict] = []
-        pending = None
-        t_last, steps_since = time.perf_counter(), 0
-        examples_since = 0
-
-        def emit():
-            nonlocal pending, t_last, steps_since, examples_since
-            step, metrics = pending
-            pending = None
-            row = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            now = time.perf_counter()
-            dt = (now - t_last) / max(steps_since, 1)
-            row["step_time_s"] = dt
-            row["examples_per_s"] = examples_since / (now - t_last)
-            row["tokens_per_s"] = row.get("tokens", 0.0) / dt
-            if getattr(it, "num_skipped", None) is not None:
-                row["skipped_records"] = float(it.num_skipped)
-            t_last, steps_since, examples_since = now, 0, 0
-            rows.append({"step": step, **row})
-            if metrics_writer is not None:
-                metrics_writer.write(step, row)
-            bar.update(step - bar.n)
-            bar.set_postfix(loss=f"{row['loss']:.4f}")
-            for hook in hooks:
-                hook(self, step, row)
-
+        log = StepLogger(total_steps, self.step, metrics_writer, progress)
+        deadline = time.monotonic() + time_budget_s if time_budget_s > 0 else None
+        pending: tuple[int, dict] | None = None  # a step's metrics to log, still on device
+        metrics = None
         try:
             while self.step < total_steps:
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
                 try:
                     batch = next(it)
                 except StopIteration:
                     break
                 if pending is not None:
-                    emit()
+                    log.step(*pending, it)
                 metrics = self.train_step(batch)
-                steps_since += 1
-                examples_since += _global_batch(batch)
+                log.count(_global_batch(batch))
                 step = self.step
-                if step % max(log_every, 1) == 0 or step == total_steps:
-                    pending = (step, metrics)
-                if checkpointer is not None and (
-                    step == total_steps or (checkpoint_every and step % checkpoint_every == 0)
-                ):
+                logged = step % max(log_every, 1) == 0 or step == total_steps
+                pending = (step, metrics) if logged else None
+                if checkpointer is not None and checkpoint_every and step % checkpoint_every == 0:
+                    check_finite(step, metrics)  # never save a non-finite state
                     self.save(checkpointer, it, meta)
                 if eval_every and eval_data is not None and step % eval_every == 0:
                     if pending is not None:
-                        emit()
-                    ev = self.evaluate(eval_data())
-                    if metrics_writer is not None:
-                        metrics_writer.write(step, ev)
-                    rows.append({"step": step, **ev})
-                    t_last = time.perf_counter()
+                        log.step(*pending, it)
+                        pending = None
+                    log.eval(step, self.evaluate(eval_data()))
             if pending is not None:
-                emit()
+                log.step(*pending, it)
             if checkpointer is not None and self.step not in checkpointer.all_steps():
+                if metrics is not None:
+                    check_finite(self.step, metrics)
                 checkpointer.wait()
                 self.save(checkpointer, it, meta)
         finally:
-            bar.close()
-            if metrics_writer is not None:
-                metrics_writer.flush()
-        return rows
+            log.close()
+        return log.rows
+
+
+class NonFiniteError(FloatingPointError):
+    """A training step produced a non-finite loss or gradient norm."""
+
+
+def check_finite(step: int, metrics: Mapping[str, Any]) -> None:
+    """Raises ``NonFiniteError`` naming ``step`` and the metric when ``loss`` or ``grad_norm`` of
+    a step's metrics is NaN or infinite (blocks on the device values)."""
+    for name in ("loss", "grad_norm"):
+        if name in metrics:
+            value = float(jax.device_get(metrics[name]))
+            if not np.isfinite(value):
+                raise NonFiniteError(
+                    f"step {step}: {name} = {value}; training stopped and nothing was saved from "
+                    "this step on (lower the learning rate or check the data, then resume from "
+                    "the last checkpoint)")
+
+
+class StepLogger:
+    """Host side of ``Trainer.fit``: metric rows (with timing), the metrics writer, a tqdm bar."""
+
+    def __init__(self, total_steps: int, start_step: int, writer=None, progress: bool = True):
+        from tqdm.auto import tqdm
+
+        self.rows: list[dict] = []
+        self.writer = writer
+        self.bar = tqdm(total=total_steps, initial=start_step, dynamic_ncols=True,
+                        disable=not progress or jax.process_index() != 0)
+        self._t_last, self._steps, self._examples = time.perf_counter(), 0, 0
+
+    def count(self, examples: int) -> None:
+        """One more step of ``examples`` examples since the last logged row."""
+        self._steps += 1
+        self._examples += examples
+
+    def step(self, step: int, metrics: Mapping[str, Any], it: Any = None) -> dict:
+        """Logs one step's metrics (raises ``NonFiniteError`` on a non-finite loss/grad norm)."""
+        check_finite(step, metrics)
+        row = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.perf_counter()
+        dt = (now - self._t_last) / max(self._steps, 1)
+        row["step_time_s"] = dt
+        row["examples_per_s"] = self._examples / max(now - self._t_last, 1e-9)
+        row["tokens_per_s"] = row.get("tokens", 0.0) / max(dt, 1e-9)
+        if getattr(it, "num_skipped", None) is not None:
+            row["skipped_records"] = float(it.num_skipped)
+        self._t_last, self._steps, self._examples = now, 0, 0
+        self._write(step, row)
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}")
+        return row
+
+    def eval(self, step: int, row: dict) -> None:
+        """Logs eval metrics; the eval's wall time is not counted as training time."""
+        self._write(step, row)
+        self._t_last = time.perf_counter()
+
+    def _write(self, step: int, row: dict) -> None:
+        self.rows.append({"step": step, **row})
+        if self.writer is not None:
+            self.writer.write(step, row)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.flush()
 
 
 def _aux_identity(key: str) -> float:

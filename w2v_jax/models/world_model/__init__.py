@@ -12,9 +12,6 @@ Losses live in ``w2v_jax.train.losses.flow_matching`` (``flow_matching``, ``regr
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-
 import jax.numpy as jnp
 from flax import nnx
 
@@ -36,8 +33,8 @@ def config_from_dict(d) -> WorldModelConfig:
 
 
 def from_config(model_cfg):
-    """Model factory for ``w2v_jax.train.run`` (``config.model.name =
-    'w2v_jax.models.world_model:from_config'``): a zero-argument constructor."""
+    """Model builder ``world_model`` (``w2v_jax.models.builders``): a zero-argument
+    constructor."""
     config = config_from_dict(model_cfg)
     seed = int(dict(model_cfg).get("seed", 0))
     return lambda: WorldModel(config, rngs=nnx.Rngs(seed))
@@ -49,38 +46,6 @@ def build(config: WorldModelConfig, seed: int = 0) -> WorldModel:
         return WorldModel(config, rngs=nnx.Rngs(seed))
 
 
-def load_from_workdir(workdir: str, step: int | None = None, use_ema: bool = True) -> WorldModel:
-    """The model trained by ``experiments.train`` in ``workdir`` (its ``config.json`` and newest or
-    given checkpoint), with the EMA parameters when the run kept them and ``use_ema``."""
-    from w2v_jax.train.checkpoint import Checkpointer  # the run's checkpoint layout
-
-    with open(os.path.join(workdir, "config.json")) as f:
-        run_config = json.load(f)
-    config = config_from_dict(run_config["model"])
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
-    try:
-        raw = ckpt.restore_raw(step)
-    finally:
-        ckpt.close()
-    params = raw["ema"] if use_ema and "ema" in raw else raw["params"]
-    model = build(config)
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, _to_pure(params))
-    nnx.update(model, state)
-    return model
-
-
-def _to_pure(tree):
-    """Orbax-restored nested dicts with numpy leaves -> jnp leaves, integer-like keys as ints
-    (a variable saved as ``{"value": array}`` becomes its array)."""
-    if isinstance(tree, dict) and set(tree) == {"value"}:
-        return jnp.asarray(tree["value"])
-    if isinstance(tree, dict):
-        return {(int(k) if isinstance(k, str) and k.isdigit() else k): _to_pure(v)
-                for k, v in tree.items()}
-    return jnp.asarray(tree)
-
-
 __all__ = ["PRESETS", "RendererTeacher", "WorldModel", "WorldModelConfig", "WorldModelTeacher",
            "build", "config_from_dict", "count_params", "from_config", "imagine",
-           "load_from_workdir", "sample", "trajectory_targets"]
+           "sample", "trajectory_targets"]

@@ -1,6 +1,6 @@
 """World-model losses: ``flow_matching`` (rectified flow), ``regression`` (its deterministic twin).
 
-Batch (from ``w2v_jax.data.clips``), B examples of M source and N target views of H x W pixels:
+Batch (from ``w2v_jax.data.view_pairs``), B examples of M source and N target views of H x W pixels:
 
 - ``source`` (B, M, H, W, 3) float32 in [-1, 1]; ``target`` (B, N, H, W, 3) float32 in [-1, 1];
 - ``plucker_src`` (B, M, H, W, 6) / ``plucker_tgt`` (B, N, H, W, 6): Plücker rays in the first
@@ -12,23 +12,19 @@ network predicts ``x0`` or the velocity (``model.config.prediction``) and the lo
 MSE against that target. With probability ``source_drop_prob`` an example's source images are
 dropped (``source_keep = 0``) so classifier-free guidance works at sampling time.
 
-Registered (all with ``source_drop_prob = 0.1``):
+Registered once as ``flow_matching``; its options (``config.loss_kwargs``) choose the variant:
+``time_sampling`` ('logit_normal': t = sigmoid(N(time_mean, time_std)), the SD3 default with
+median t = 0.5; or 'uniform'), ``terminal_prob`` (a share of the examples at exactly t = 1, pure
+noise: the sampler's first step), ``source_drop_prob`` (0.1) and ``self_cond_prob`` (default:
+0.5 for a model with ``config.self_condition``, else 0). The world-model configs:
 
-- ``flow_matching``: logit-normal t = sigmoid(N(0, 1)) (the SD3 default; median t = 0.5); the
-  ``small_plain`` world-model config trains with it;
-- ``flow_matching_high_noise``: t = sigmoid(N(1, 1)) (median t = 0.73): 84 % of the samples at
-  t > 0.5, where the target view's layout is decided (the sampler's first steps), 4 % at t < 0.3,
-  where denoising is nearly a copy;
-- ``flow_matching_uniform``: t uniform in (0, 1);
-- ``flow_matching_terminal``: the SD3 default, but a quarter of the examples at exactly t = 1
-  (pure noise: the sampler's first step, where the x0 target is the regression twin's task);
-- ``flow_matching_terminal_half``: the same with half of the examples at t = 1;
-- ``flow_matching_self_cond``: ``flow_matching_terminal`` plus self-conditioning on half of the
-  batch (for a model with ``config.self_condition``; the sampler then feeds each step's x0 to the
-  next); the ``small`` world-model config trains with it.
+- ``small``: self-conditioned model, ``loss_kwargs = {terminal_prob: 0.25}``;
+- ``small_plain``: the defaults.
 
-None of the variants closed the box-IoU gap to the regression twin (README, world-model results).
-:func:`make_flow_matching` builds other variants.
+Historical variants (README, world-model variants table) by their kwargs: high-noise
+``time_mean=1.0`` (median t = 0.73); uniform ``time_sampling='uniform'``; terminal
+``terminal_prob=0.25``; terminal-half ``terminal_prob=0.5``. None of them closed the box-IoU gap to
+the regression twin.
 
 Both losses return ``aux`` with sums over examples: ``loss_sum`` (sum of per-example mean squared
 errors), ``weight`` (number of real examples), ``x0_mse_sum`` (error of the implied clean image in
@@ -78,88 +74,86 @@ def _implied_x0(out, x_t, tb, prediction):
     return out if prediction == "x0" else x_t - tb * out
 
 
-def make_flow_matching(time_sampling: str = "logit_normal", source_drop_prob: float = 0.1,
-                       time_mean: float = 0.0, time_std: float = 1.0,
-                       terminal_prob: float = 0.0, self_cond_prob: float = 0.0):
-    """A rectified-flow loss ``fn(model, batch, rng) -> (loss, aux)`` with these options.
+def check_options(*, time_sampling: str, source_drop_prob: float, time_mean: float,
+                  time_std: float, terminal_prob: float, self_cond_prob: float | None) -> None:
+    """ValueError naming the first ``flow_matching`` option with a bad value."""
+    if time_sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"loss_kwargs.time_sampling must be one of {TIME_SAMPLINGS}, got "
+                         f"{time_sampling!r}")
+    if not (isinstance(time_mean, (int, float)) and abs(time_mean) < float("inf")):
+        raise ValueError(f"loss_kwargs.time_mean must be a finite number, got {time_mean!r}")
+    if not (isinstance(time_std, (int, float)) and 0 < time_std < float("inf")):
+        raise ValueError(f"loss_kwargs.time_std must be a finite number > 0, got {time_std!r}")
+    if not (isinstance(terminal_prob, (int, float)) and 0.0 <= terminal_prob <= 1.0):
+        raise ValueError(f"loss_kwargs.terminal_prob must be in [0, 1], got {terminal_prob!r}")
+    if not (isinstance(source_drop_prob, (int, float)) and 0.0 <= source_drop_prob < 1.0):
+        raise ValueError(f"loss_kwargs.source_drop_prob must be in [0, 1), got "
+                         f"{source_drop_prob!r}")
+    if self_cond_prob is not None and not (
+            isinstance(self_cond_prob, (int, float)) and 0.0 <= self_cond_prob <= 1.0):
+        raise ValueError(f"loss_kwargs.self_cond_prob must be in [0, 1] or None (from the model "
+                         f"config), got {self_cond_prob!r}")
+
+
+@register_loss("flow_matching", validate=check_options)
+def flow_matching(model, batch, rng, *, time_sampling: str = "logit_normal",
+                  source_drop_prob: float = 0.1, time_mean: float = 0.0, time_std: float = 1.0,
+                  terminal_prob: float = 0.0, self_cond_prob: float | None = None):
+    """Rectified-flow loss ``(loss, aux)`` (module docstring), with these options.
 
     ``time_sampling``: 'logit_normal' (sigmoid of N(time_mean, time_std)) or 'uniform'.
     ``source_drop_prob``: probability of dropping an example's source images (the CFG
     unconditional branch). ``terminal_prob``: probability that an example's t is exactly 1.
-    ``self_cond_prob`` > 0 (needs ``model.config.self_condition``): the first
-    ``round(B * self_cond_prob)`` examples of the (shuffled) batch first get a no-gradient pass
-    without an estimate; its clipped x0 is their ``self_cond`` input in the trained pass, the
-    others get zeros. That extra forward costs about ``self_cond_prob / 3`` of a training step.
+    ``self_cond_prob`` (None: 0.5 if ``model.config.self_condition`` else 0; an explicit value
+    must agree with the model): the first ``round(B * self_cond_prob)`` examples of the
+    (shuffled) batch first get a no-gradient pass without an estimate; its clipped x0 is their
+    ``self_cond`` input in the trained pass, the others get zeros. That extra forward costs about
+    ``self_cond_prob / 3`` of a training step.
     """
-    if time_sampling not in TIME_SAMPLINGS:
-        raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
-    if not time_std > 0:
-        raise ValueError(f"time_std must be > 0, got {time_std}")
-    if not 0.0 <= terminal_prob <= 1.0:
-        raise ValueError(f"terminal_prob must be in [0, 1], got {terminal_prob}")
-    if not 0.0 <= source_drop_prob < 1.0:
-        raise ValueError(f"source_drop_prob must be in [0, 1), got {source_drop_prob}")
-    if not 0.0 <= self_cond_prob <= 1.0:
-        raise ValueError(f"self_cond_prob must be in [0, 1], got {self_cond_prob}")
-
-    def loss_fn(model, batch, rng):
-        prediction = model.config.prediction
-        if prediction not in ("x0", "velocity"):
-            raise ValueError(
-                f"flow_matching needs model.config.prediction in ('x0', 'velocity'), got "
-                f"{prediction!r} (use the 'regression' loss for a regression model)")
-        self_condition = bool(getattr(model.config, "self_condition", False))
-        if self_condition != (self_cond_prob > 0):
-            want = ("self_cond_prob > 0 (e.g. flow_matching_self_cond)" if self_condition
-                    else "self_cond_prob = 0")
-            raise ValueError(f"model.config.self_condition={self_condition} needs a loss with "
-                             f"{want}, got self_cond_prob={self_cond_prob}")
-        src, x0, rays_src, rays_tgt, mask = _inputs(batch)
-        b = x0.shape[0]
-        k_t, k_eps, k_drop, k_term = jax.random.split(rng, 4)
-        t = sample_time(k_t, b, time_sampling, time_mean, time_std)
-        if terminal_prob:
-            t = jnp.where(jax.random.uniform(k_term, (b,)) < terminal_prob, 1.0, t)
-        eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
-        tb = t[:, None, None, None, None]
-        x_t = (1.0 - tb) * x0 + tb * eps
-        keep = (jax.random.uniform(k_drop, (b,)) >= source_drop_prob).astype(jnp.float32)
-        if self_condition:
-            n = min(b, max(1, int(round(b * self_cond_prob))))
-            first = model(src[:n], rays_src[:n], x_t[:n], rays_tgt[:n], t[:n],
-                          source_keep=keep[:n])
-            estimate = jnp.clip(_implied_x0(first, x_t[:n], tb[:n], prediction), -1.0, 1.0)
-            sc = jnp.concatenate([jax.lax.stop_gradient(estimate),
-                                  jnp.zeros((b - n,) + x0.shape[1:], jnp.float32)])
-            out = model(src, rays_src, x_t, rays_tgt, t, source_keep=keep, self_cond=sc)
-        else:
-            out = model(src, rays_src, x_t, rays_tgt, t, source_keep=keep)
-        target = x0 if prediction == "x0" else eps - x0
-        x0_hat = _implied_x0(out, x_t, tb, prediction)
-        per_example = _per_example_mse(out, target)
-        loss_sum = jnp.sum(per_example * mask)
-        weight = jnp.sum(mask)
-        aux = {
-            "loss_sum": loss_sum,
-            "weight": weight,
-            "x0_mse_sum": jnp.sum(_per_example_mse(x0_hat, x0) * mask),
-            "images": weight * x0.shape[1],
-        }
-        return loss_sum / jnp.maximum(weight, 1.0), aux
-
-    return loss_fn
-
-
-flow_matching = register_loss("flow_matching")(make_flow_matching())
-flow_matching_high_noise = register_loss("flow_matching_high_noise")(
-    make_flow_matching(time_mean=1.0))
-flow_matching_uniform = register_loss("flow_matching_uniform")(make_flow_matching("uniform"))
-flow_matching_terminal = register_loss("flow_matching_terminal")(
-    make_flow_matching(terminal_prob=0.25))
-flow_matching_terminal_half = register_loss("flow_matching_terminal_half")(
-    make_flow_matching(terminal_prob=0.5))
-flow_matching_self_cond = register_loss("flow_matching_self_cond")(
-    make_flow_matching(terminal_prob=0.25, self_cond_prob=0.5))
+    prediction = model.config.prediction
+    if prediction not in ("x0", "velocity"):
+        raise ValueError(
+            f"flow_matching needs model.config.prediction in ('x0', 'velocity'), got "
+            f"{prediction!r} (use the 'regression' loss for a regression model)")
+    self_condition = bool(getattr(model.config, "self_condition", False))
+    if self_cond_prob is None:
+        self_cond_prob = 0.5 if self_condition else 0.0
+    if self_condition != (self_cond_prob > 0):
+        want = "self_cond_prob > 0" if self_condition else "self_cond_prob = 0"
+        raise ValueError(f"model.config.self_condition={self_condition} needs loss_kwargs "
+                         f"{want}, got self_cond_prob={self_cond_prob}")
+    src, x0, rays_src, rays_tgt, mask = _inputs(batch)
+    b = x0.shape[0]
+    k_t, k_eps, k_drop, k_term = jax.random.split(rng, 4)
+    t = sample_time(k_t, b, time_sampling, time_mean, time_std)
+    if terminal_prob:
+        t = jnp.where(jax.random.uniform(k_term, (b,)) < terminal_prob, 1.0, t)
+    eps = jax.random.normal(k_eps, x0.shape, jnp.float32)
+    tb = t[:, None, None, None, None]
+    x_t = (1.0 - tb) * x0 + tb * eps
+    keep = (jax.random.uniform(k_drop, (b,)) >= source_drop_prob).astype(jnp.float32)
+    if self_condition:
+        n = min(b, max(1, int(round(b * self_cond_prob))))
+        first = model(src[:n], rays_src[:n], x_t[:n], rays_tgt[:n], t[:n],
+                      source_keep=keep[:n])
+        estimate = jnp.clip(_implied_x0(first, x_t[:n], tb[:n], prediction), -1.0, 1.0)
+        sc = jnp.concatenate([jax.lax.stop_gradient(estimate),
+                              jnp.zeros((b - n,) + x0.shape[1:], jnp.float32)])
+        out = model(src, rays_src, x_t, rays_tgt, t, source_keep=keep, self_cond=sc)
+    else:
+        out = model(src, rays_src, x_t, rays_tgt, t, source_keep=keep)
+    target = x0 if prediction == "x0" else eps - x0
+    x0_hat = _implied_x0(out, x_t, tb, prediction)
+    per_example = _per_example_mse(out, target)
+    loss_sum = jnp.sum(per_example * mask)
+    weight = jnp.sum(mask)
+    aux = {
+        "loss_sum": loss_sum,
+        "weight": weight,
+        "x0_mse_sum": jnp.sum(_per_example_mse(x0_hat, x0) * mask),
+        "images": weight * x0.shape[1],
+    }
+    return loss_sum / jnp.maximum(weight, 1.0), aux
 
 
 @register_loss("regression")

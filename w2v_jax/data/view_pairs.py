@@ -5,8 +5,8 @@ Sources (random access, ``len`` and ``[i]`` -> clip dict):
 - the posed-clip TFDS dataset of ``data_gen.render_clips``
   (``w2v_jax.data.posed_clips.load_clips``): per clip ``frames`` uint8 (T, H, W, 3), ``c2w``
   (T, 4, 4), ``K`` (3, 3), ``num_frames``, ``depth``, ``instance``, ...;
-- :class:`RealEstate10KSource`: real posed video in the RealEstate10K camera format, converted to
-  the same clip dict (frames, c2w, K, num_frames, frame_mask).
+- ``w2v_jax.data.realestate10k.RealEstate10KSource``: real posed video in the RealEstate10K
+  camera format, converted to the same clip dict (frames, c2w, K, num_frames, frame_mask).
 
 :class:`PairTransform` turns one clip into one training example with M source and N target views:
 the first source is frame 0 with probability ``first_source_prob`` (else a random frame), the first
@@ -27,7 +27,6 @@ plus, with ``with_geometry=True``, ``depth_src``/``depth_tgt`` (B, V, H, W) metr
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 from typing import Any, Mapping, Sequence
 
@@ -35,6 +34,7 @@ import grain
 import numpy as np
 
 from w2v_jax import geometry
+from w2v_jax.data import realestate10k
 
 FLIP = np.diag([-1.0, 1.0, 1.0, 1.0]).astype(np.float32)
 
@@ -218,160 +218,7 @@ def pair_dataset(source, *, batch_size: int, config: PairConfig = PairConfig(), 
     return ds.batch(batch_size, drop_remainder=drop_remainder)
 
 
-# ----------------------------------------------------------------------------- RealEstate10K
-
-
-def read_realestate10k_cameras(path: str) -> dict:
-    """Parse a RealEstate10K camera file.
-
-    Format: an optional first line with the video URL, then one line per frame:
-    ``timestamp fx fy cx cy 0 0 r11 r12 r13 t1 r21 r22 r23 t2 r31 r32 r33 t3`` with intrinsics
-    normalised by the image width (fx, cx) and height (fy, cy) and a 3x4 world-to-camera matrix in
-    the OpenCV convention. Returns ``{"timestamps" (T,) int64, "intrinsics" (T, 4) normalised,
-    "c2w" (T, 4, 4) float32}``. Units are those of the source's SLAM reconstruction (not metres).
-    """
-    timestamps, intr, c2w = [], [], []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts or (lineno == 1 and len(parts) < 19):
-                continue
-            if len(parts) != 19:
-                raise ValueError(f"{path}:{lineno}: expected 19 numbers (timestamp, fx fy cx cy, "
-                                 f"0 0, 3x4 world-to-camera), got {len(parts)}")
-            vals = [float(x) for x in parts]
-            w2c = np.eye(4)
-            w2c[:3] = np.asarray(vals[7:19]).reshape(3, 4)
-            timestamps.append(int(parts[0]))
-            intr.append(vals[1:5])
-            c2w.append(geometry.invert_pose(w2c))
-    if not timestamps:
-        raise ValueError(f"{path}: no camera lines")
-    return {"timestamps": np.asarray(timestamps, np.int64),
-            "intrinsics": np.asarray(intr, np.float32),
-            "c2w": np.asarray(c2w, np.float32)}
-
-
-def _load_square(path: str, size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Centre-crop an image file to a square and resize it to ``size``; returns (rgb, (W, H))."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        s = min(w, h)
-        left, top = (w - s) // 2, (h - s) // 2
-        im = im.crop((left, top, left + s, top + s)).resize((size, size), Image.BOX)
-        return np.asarray(im, np.uint8), (w, h)
-
-
-def _frame_files(frames_dir: str, timestamps) -> list[str]:
-    files = sorted(glob.glob(os.path.join(frames_dir, "*.png")) +
-                   glob.glob(os.path.join(frames_dir, "*.jpg")))
-    by_stem = {os.path.splitext(os.path.basename(f))[0]: f for f in files}
-    if all(str(t) in by_stem for t in timestamps):
-        return [by_stem[str(t)] for t in timestamps]
-    if len(files) == len(timestamps):
-        return files
-    raise ValueError(f"{frames_dir}: cannot match {len(timestamps)} camera lines to frames; "
-                     f"expected "
-                     f"files named '<timestamp>.png|.jpg' or exactly one image per line "
-                     f"(found {len(files)})")
-
-
-def load_realestate10k_clip(camera_file: str, frames_dir: str | None = None, image_size: int = 32,
-                            max_frames: int = 32, stride: int = 1) -> dict:
-    """One RealEstate10K sequence as a clip dict in our conventions.
-
-    ``frames_dir`` defaults to the camera file's path without its extension. Images are centre-
-    cropped to a square and resized to ``image_size``; ``K`` is expressed in those pixels. Every
-    ``stride``-th frame is kept, then the first ``max_frames`` (padded with ``frame_mask``).
-    """
-    cams = read_realestate10k_cameras(camera_file)
-    frames_dir = os.path.splitext(camera_file)[0] if frames_dir is None else frames_dir
-    files = _frame_files(frames_dir, cams["timestamps"])
-    keep = np.arange(0, len(files), max(1, int(stride)))[:max_frames]
-    frames, K = [], None
-    for i in keep:
-        rgb, (w, h) = _load_square(files[i], image_size)
-        frames.append(rgb)
-        if K is None:
-            fx, fy, cx, cy = cams["intrinsics"][i] * np.array([w, h, w, h])
-            s = min(w, h)
-            scale = image_size / s
-            K = np.array([[fx * scale, 0, (cx - (w - s) / 2) * scale],
-                          [0, fy * scale, (cy - (h - s) / 2) * scale], [0, 0, 1]], np.float32)
-    n = len(keep)
-    pad = max_frames - n
-    c2w = cams["c2w"][keep]
-    return {
-        "frames": np.concatenate([np.stack(frames), np.zeros((pad, image_size, image_size, 3),
-                                                             np.uint8)]),
-        "c2w": np.concatenate([c2w, np.repeat(c2w[-1:], pad, 0)]),
-        "K": K,
-        "num_frames": np.int32(n),
-        "frame_mask": np.arange(max_frames) < n,
-    }
-
-
-class RealEstate10KSource:
-    """Random-access clips from a directory of RealEstate10K camera files (``*.txt``), each with its
-    frames directory next to it (same name without ``.txt``). Feed it to :func:`pair_dataset`."""
-
-    def __init__(self, root: str, image_size: int = 32, max_frames: int = 32, stride: int = 1):
-        self.files = sorted(glob.glob(os.path.join(root, "*.txt")))
-        if not self.files:
-            raise ValueError(f"no RealEstate10K camera files (*.txt) in {root!r}")
-        self.image_size, self.max_frames, self.stride = image_size, max_frames, stride
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, index: int) -> dict:
-        return load_realestate10k_clip(self.files[int(index)], image_size=self.image_size,
-                                       max_frames=self.max_frames, stride=self.stride)
-
-
-# ----------------------------------------------------------------------------- launcher factory
-
-
-class TimeBudget:
-    """Iterable over ``dataset`` whose iterators stop (StopIteration) once ``seconds`` of wall time
-    have passed since their first batch; the Trainer then saves a final checkpoint and returns.
-    The budget restarts in every process that iterates (a resumed run gets a fresh budget).
-    Iterator state (``get_state``/``set_state``) is the wrapped iterator's."""
-
-    def __init__(self, dataset, seconds: float):
-        if not seconds > 0:
-            raise ValueError(f"config.data.time_budget_s must be > 0 seconds, got {seconds!r}")
-        self.dataset, self.seconds = dataset, float(seconds)
-
-    def __iter__(self):
-        return _TimeBudgetIterator(iter(self.dataset), self.seconds)
-
-
-class _TimeBudgetIterator:
-    def __init__(self, it, seconds: float):
-        self._it, self._seconds, self._start = it, seconds, None
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        import time
-
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        elif now - self._start >= self._seconds:
-            raise StopIteration
-        return next(self._it)
-
-    def get_state(self):
-        return self._it.get_state()
-
-    def set_state(self, state):
-        self._it.set_state(state)
+# ----------------------------------------------------------------------------- launcher builder
 
 
 def open_source(data_cfg, split: str):
@@ -387,7 +234,7 @@ def open_source(data_cfg, split: str):
     if fmt == "realestate10k":
         root = os.path.join(data_cfg.data_dir, split)
         root = root if os.path.isdir(root) else data_cfg.data_dir
-        return RealEstate10KSource(root, data_cfg.image_size, data_cfg.get("max_frames", 32),
+        return realestate10k.RealEstate10KSource(root, data_cfg.image_size, data_cfg.get("max_frames", 32),
                                    data_cfg.get("stride", 1))
     raise ValueError(f"config.data.format={fmt!r}: allowed 'posed_clips' or 'realestate10k'")
 
@@ -399,18 +246,15 @@ def pair_config(data_cfg, **overrides) -> PairConfig:
     return PairConfig(**values)
 
 
-def clips_data(data_cfg, *, workdir, batch_size, seed, process_index, process_count):
-    """Data factory for ``w2v_jax.train.run`` (``config.data.name =
-    'w2v_jax.data.clips:clips_data'``): returns ``(train_dataset, eval_fn)``; ``eval_fn`` yields a
-    fixed set of ``data.num_eval_batches`` batches from the ``eval`` split (no flips).
-    ``data.time_budget_s`` > 0 ends training after that much wall time (see :class:`TimeBudget`)."""
+def from_config(data_cfg, *, workdir, batch_size, seed, process_index, process_count):
+    """Data builder ``view_pairs`` (``w2v_jax.data.builders``): returns ``(train_dataset,
+    eval_fn)``; ``eval_fn`` yields a fixed set of ``data.num_eval_batches`` batches from the
+    ``eval`` split (no flips)."""
     del workdir
     train = pair_dataset(open_source(data_cfg, data_cfg.get("train_split", "train")),
                          batch_size=batch_size, config=pair_config(data_cfg), seed=seed,
                          process_index=process_index, process_count=process_count,
                          read_threads=data_cfg.get("read_threads", 2))
-    if data_cfg.get("time_budget_s", 0):
-        train = TimeBudget(train, data_cfg.time_budget_s)
     eval_fn = None
     num_eval = int(data_cfg.get("num_eval_batches", 0))
     if num_eval:
@@ -425,10 +269,3 @@ def clips_data(data_cfg, *, workdir, batch_size, seed, process_index, process_co
             return [next(it) for _ in range(num_eval)]
 
     return train, eval_fn
-
-
-__all__: Sequence[str] = (
-    "PairConfig", "PairTransform", "RealEstate10KSource", "TimeBudget", "choose_views",
-    "clips_data",
-    "flip_intrinsics", "flip_pose", "load_realestate10k_clip", "make_example", "pair_dataset",
-    "plucker_maps", "read_realestate10k_cameras", "to_unit_range")
