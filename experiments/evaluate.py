@@ -115,11 +115,12 @@ def run_test_time(model, tokenizer, image_config, items) -> list[dict]:
 
     from w2v_jax.eval.inference import VLMAnswerer
     from w2v_jax.eval.test_time import MindJourney, SearchConfig
-    from w2v_jax.models import world_model as wm
+    from w2v_jax.models.world_model import WorldModelTeacher
     from w2v_jax.processing.image import load_image
+    from w2v_jax.train.runs import load_world_model
 
-    teacher = wm.WorldModelTeacher(wm.load_from_workdir(_WM.value), steps=_WM_STEPS.value,
-                                   cfg=_WM_CFG.value)
+    teacher = WorldModelTeacher(load_world_model(_WM.value), steps=_WM_STEPS.value,
+                                cfg=_WM_CFG.value)
     search = MindJourney(VLMAnswerer(model, tokenizer, image_config, batch_size=1), teacher,
                          SearchConfig(scorer=_TEST_TIME.value))
     out = []

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_distill_data import pkg, shards  # noqa: F401  (the distillation-package fixtures)
+from test_distill_data import pkg, shards  # noqa: F401  (distillation-package fixtures)
 
 from w2v_jax.eval import loaders, runner, store
 from w2v_jax.eval.inference import Answer

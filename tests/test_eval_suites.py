@@ -96,7 +96,8 @@ def test_eval_scene_seeds_disjoint_from_training_splits(built):
         training.update(build.scene_seeds(run_seed, 300))
     assert max(training) < common.EVAL_SEED_BASE  # uint32 by construction of both derivations
     assert not training & eval_seeds
-    assert common.eval_scene_seed("sat_like", 0, 0, 0) != common.eval_scene_seed("vsi_like", 0, 0, 0)
+    assert common.eval_scene_seed("sat_like", 0, 0, 0) != common.eval_scene_seed("vsi_like", 0,
+                                                                                0, 0)
 
 
 def test_same_seed_same_hash(tmp_path):

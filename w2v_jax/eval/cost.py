@@ -76,7 +76,8 @@ def world_model_flops(config) -> float:
     if c.self_condition:
         flops += 2.0 * targets * pp * 3 * d
     flops += 2.0 * c.time_freq_dim * d + 2.0 * d * d  # time embedding
-    per_block = 2.0 * d * 6 * d + 4 * 2.0 * T * d * d + 4.0 * T * T * d + 2 * 2.0 * T * d * c.mlp_dim
+    per_block = (2.0 * d * 6 * d + 4 * 2.0 * T * d * d + 4.0 * T * T * d
+                 + 2 * 2.0 * T * d * c.mlp_dim)
     flops += c.depth * per_block
     flops += 2.0 * d * 2 * d + 2.0 * targets * d * pp * 3  # final modulation and projection
     return flops

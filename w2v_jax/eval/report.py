@@ -76,8 +76,9 @@ def sheet(items: Sequence[dict], records: Sequence[dict], rows: int = 12, tile: 
         q = q if len(q) <= 150 else q[:147] + "..."
         x = 4 * (tile + pad)
         chunks = [q[i:i + 75] for i in range(0, len(q), 75)][:3]
-        for j, line in enumerate(chunks + [f"model: {r['response'][:60]!r}",
-                                           f"truth: {item['answer'][:60]}  score {r['score']:.2f}"]):
+        lines = chunks + [f"model: {r['response'][:60]!r}",
+                          f"truth: {item['answer'][:60]}  score {r['score']:.2f}"]
+        for j, line in enumerate(lines):
             draw.text((x, y + 2 + 14 * j), line, fill="black")
     return canvas
 

@@ -1,4 +1,4 @@
-"""Official scoring rules of SAT, VSI-Bench and MindCube, reproduced (research/benchmarks.md §1-§4).
+"""The official scoring rules of SAT, VSI-Bench and MindCube (research/benchmarks.md §1-§4).
 
 Public names (used by every suite, real or procedural):
 
@@ -72,7 +72,7 @@ def _mentions(text: str, choice: str, longer: Sequence[str]) -> bool:
 
 
 def sat_correct(response: str, choices: Sequence[str], answer: str) -> bool:
-    """SAT text-option rule: the response names the answer and no other choice (case-insensitive)."""
+    """SAT text-option rule: the response names the answer and no other choice (any case)."""
     if answer not in choices:
         raise ValueError(f"answer {answer!r} is not one of the choices {list(choices)}")
     text = (response or "").lower()

@@ -92,7 +92,8 @@ class SearchConfig:
 
     @property
     def primitives(self) -> tuple[actions.Action, ...]:
-        return (actions.Action("forward", self.forward_m), actions.Action("turn_left", self.turn_deg),
+        return (actions.Action("forward", self.forward_m),
+                actions.Action("turn_left", self.turn_deg),
                 actions.Action("turn_right", self.turn_deg))
 
 

@@ -142,7 +142,8 @@ def _point_segment(p, a, b) -> float:
 def _point_footprint(p, obj: dict) -> float:
     """Floor distance from point ``p`` (xy) to the footprint of ``obj`` (0 inside)."""
     if obj["shape"] != "cube":
-        return max(0.0, float(np.linalg.norm(p - np.asarray(obj["center"][:2]))) - obj["size"][0] / 2)
+        gap = float(np.linalg.norm(p - np.asarray(obj["center"][:2])))
+        return max(0.0, gap - obj["size"][0] / 2)
     sq = _square(obj)
     edges = [(sq[i], sq[(i + 1) % 4]) for i in range(4)]
     inside = all(np.cross(b - a, p - a) >= 0 for a, b in edges)

@@ -1,4 +1,4 @@
-"""SAT-like suite: the five dynamic SAT categories, rendered, with exact labels (benchmarks.md §1, §7).
+"""SAT-like suite: the five dynamic SAT categories with exact labels (benchmarks.md §1, §7).
 
 Every item has two text options (SAT's "Choose between the following options: X, or Y");
 the correct one is first in half of the items of each category. Categories (classes in brackets,

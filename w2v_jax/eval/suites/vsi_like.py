@@ -1,4 +1,4 @@
-"""VSI-like suite: room tours of 16-32 frames with VSI-Bench's eight task types (benchmarks.md §2, §7).
+"""VSI-like suite: 16-32-frame room tours, the eight VSI-Bench task types (benchmarks.md §2, §7).
 
 A tour is one procedural room (5-8 objects) filmed along a smooth closed path: the camera walks an
 ellipse at 55 % of the room's half-extents, looking 45° inward from its direction of travel,
@@ -365,7 +365,8 @@ def build(seed: int, per_category: int, config: common.RenderConfig = common.Ren
             if counts[cat] >= per_category:
                 continue
             k = counts[cat]
-            q = MAKERS[cat](tour, q_rng, positions[cat][k], wanted[cat][k] if cat in wanted else None)
+            want = wanted[cat][k] if cat in wanted else None
+            q = MAKERS[cat](tour, q_rng, positions[cat][k], want)
             if q is None:
                 continue
             extra = q.pop("extra")
