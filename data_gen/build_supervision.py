@@ -9,11 +9,16 @@ colour/shape detector on the generated images, and label fidelity against true r
 same trajectories). See w2v_jax/supervision/build.py and package.py.
 
 Layout of --out:
-  build.json   the options (a rerun must use the same ones; --num_scenes may grow)
+  build.json   the options (a rerun must use the same ones; --num_scenes may grow); it marks
+               the directory as this tool's: --overwrite replaces only such a directory
   shards/scene_<id>/   one finished scene each (PNG frames + scene.json), written atomically;
                a rerun skips finished scenes (resume after an interruption)
   package/     world2vlm_distill/1.0.0 (TFDS: sft / grpo / eval), sft.jsonl, grpo.jsonl,
                eval.jsonl, images/, stats.json -- rebuilt atomically at the end of every run
+
+Every flag and input is checked before anything is loaded or written (errors: one line, exit
+status 2). --overwrite builds the whole output in a temporary sibling directory that replaces --out
+only once complete; temporaries of a killed run are swept on the next start.
 
 Examples:
   python -m data_gen.build_supervision --teacher=renderer --num_scenes 40 --out /tmp/w2v_sup \
@@ -24,26 +29,30 @@ Examples:
 
 import json
 import os
-import shutil
 
-from absl import app, flags
+from absl import flags
+
+from w2v_jax import cli, fileio
+
+BUILD_FILE = "build.json"
 
 flags.DEFINE_enum("teacher", "renderer", ["renderer", "world_model"],
                   "Who supplies the views after each trajectory: the renderer (oracle) or the "
                   "trained world model.")
 flags.DEFINE_string("world_model_dir", None,
                     "experiments.train workdir of the world model (--teacher=world_model).")
-flags.DEFINE_integer("num_scenes", None, "Number of procedural scenes (9 trajectories each).")
+cli.integer("num_scenes", None, "Number of procedural scenes (9 trajectories each).", lo=1)
 flags.DEFINE_string("out", None, "Output directory (shards/, package/, build.json).")
-flags.DEFINE_integer("seed", 0, "Run seed: scene seeds, trajectories, templates, teacher noise.")
-flags.DEFINE_integer("resolution", 64, "Square view size in pixels (a world-model teacher fixes it "
-                     "to its image size).")
-flags.DEFINE_integer("supersample", 2, "Rays per pixel side of the true renders "
-                     "(anti-aliasing).")
-flags.DEFINE_integer("grpo_per_task", 125, "GRPO records per task type (official 125).")
-flags.DEFINE_float("eval_fraction", 0.1, "Share of scenes held out as the eval split.")
-flags.DEFINE_integer("shuffle_seed", 42, "Seed of the split shuffles and the A4 labelling "
-                     "(official 42).")
+cli.integer("seed", 0, "Run seed: scene seeds, trajectories, templates, teacher noise.", lo=0)
+cli.integer("resolution", 64, "Square view size in pixels (a world-model teacher fixes it "
+            "to its image size).", lo=8, hi=4096)
+cli.integer("supersample", 2, "Rays per pixel side of the true renders (anti-aliasing).", lo=1,
+            hi=16)
+cli.integer("grpo_per_task", 125, "GRPO records per task type (official 125).", lo=1)
+cli.real("eval_fraction", 0.1, "Share of scenes held out as the eval split, in [0, 1).", lo=0.0,
+         hi=1.0)
+cli.integer("shuffle_seed", 42, "Seed of the split shuffles and the A4 labelling "
+            "(official 42).", lo=0)
 flags.DEFINE_enum("detector", None, ["oracle", "color"],
                   "Detections from the renderer's truth (oracle) or from the images (color). "
                   "Default: oracle for the renderer teacher, color for the world model.")
@@ -51,15 +60,19 @@ flags.DEFINE_enum("vocabulary", "shape", ["shape", "color_shape"],
                   "Object labels in prompts: shape class ('cube') or colour + shape ('red cube').")
 flags.DEFINE_boolean("key_frames", True, "Ask the teacher for every key frame, not only the last.")
 flags.DEFINE_boolean("qc", True, "Quality control of teacher views and boxes.")
-flags.DEFINE_float("qc_blur_min", 100.0, "Minimum Laplacian variance of a view (0-255 scale).")
-flags.DEFINE_float("qc_change_min", 0.01, "Minimum mean |change| between consecutive views.")
-flags.DEFINE_float("qc_change_max", 0.4, "Maximum mean |change| between consecutive views.")
-flags.DEFINE_integer("teacher_steps", 25, "Sampler steps of the world model.")
-flags.DEFINE_float("teacher_cfg", 1.0, "Classifier-free guidance scale of the world model.")
+cli.real("qc_blur_min", 100.0, "Minimum Laplacian variance of a view (0-255 scale).", lo=0.0)
+cli.real("qc_change_min", 0.01, "Minimum mean |change| between consecutive views, in [0, 1].",
+         lo=0.0, hi=1.0)
+cli.real("qc_change_max", 0.4, "Maximum mean |change| between consecutive views, in [0, 1].",
+         lo=0.0, hi=1.0)
+cli.integer("teacher_steps", 25, "Sampler steps of the world model.", lo=1, hi=10000)
+cli.real("teacher_cfg", 1.0, "Classifier-free guidance scale of the world model.", lo=0.0,
+         hi=100.0)
 flags.DEFINE_boolean("fidelity", True, "With an image detector or a model teacher, also build D "
                      "records from true renders + oracle and report the label fidelity.")
 flags.DEFINE_boolean("jsonl", True, "Also write sft/grpo/eval.jsonl and images/.")
-flags.DEFINE_boolean("overwrite", False, "Delete an existing --out and start over.")
+flags.DEFINE_boolean("overwrite", False, "Replace an existing --out (only one this tool wrote, "
+                     "holding build.json) once the new build is complete.")
 flags.DEFINE_boolean("progress", True, "Show a progress bar.")
 
 FLAGS = flags.FLAGS
@@ -83,22 +96,86 @@ def _options(resolution: int) -> dict:
     }
 
 
-def _check_resume(out: str, options: dict) -> None:
-    path = os.path.join(out, "build.json")
+def _check_out(out: str, options: dict) -> None:
+    """--overwrite: only a directory this tool wrote; else resume needs the same options."""
+    if FLAGS.overwrite:
+        fileio.check_replaceable(out, BUILD_FILE)
+        return
+    path = os.path.join(out, BUILD_FILE)
     if os.path.exists(path):
         with open(path) as f:
             previous = json.load(f)
         if previous != options:
             changed = sorted(k for k in set(previous) | set(options)
                              if previous.get(k) != options.get(k))
-            raise app.UsageError(f"--out {out} holds a build with other options ({changed}); "
-                                 "rerun with the same flags to resume, or pass --overwrite")
-        return
-    os.makedirs(out, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(options, f, indent=1)
-    os.replace(tmp, path)
+            raise ValueError(f"--out {out} holds a build with other options ({changed}); "
+                             "rerun with the same flags to resume, or pass --overwrite")
+    elif os.path.lexists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise ValueError(f"--out {out} exists, is not empty and holds no {BUILD_FILE} (not a "
+                         "build of this tool); choose an empty or new directory")
+
+
+def _world_model_resolution() -> int:
+    """The image size of the --world_model_dir run, from its config.json (nothing loaded)."""
+    from w2v_jax.models.world_model import config_from_dict
+    from w2v_jax.train.runs import read_run_config
+
+    size = config_from_dict(read_run_config(FLAGS.world_model_dir)["model"]).image_size
+    if FLAGS["resolution"].present and FLAGS.resolution != size:
+        raise ValueError(f"--resolution={FLAGS.resolution} differs from the world model's "
+                         f"image size {size}")
+    return size
+
+
+def _validate(argv) -> dict:
+    """Every flag and input, before anything is loaded or written; returns the build plan."""
+    if len(argv) > 1:
+        raise ValueError(f"unexpected arguments: {argv[1:]}")
+    # checked here rather than with flags.mark_flags_as_required, which would make every other absl
+    # program that imports this module (tests run several in one process) demand these flags too
+    if FLAGS.out is None or FLAGS.num_scenes is None:
+        raise ValueError("--out and --num_scenes are required (see --help)")
+    from w2v_jax.sim import clips
+    from w2v_jax.supervision import build, package, qc
+
+    resolution = FLAGS.resolution
+    if FLAGS.teacher == "world_model":
+        if not FLAGS.world_model_dir:
+            raise ValueError("--teacher=world_model needs --world_model_dir")
+        resolution = _world_model_resolution()
+    elif FLAGS.world_model_dir:
+        raise ValueError("--world_model_dir is only used with --teacher=world_model")
+    options = _options(resolution)
+    if FLAGS.teacher == "world_model" and options["detector"] == "oracle":
+        raise ValueError("--detector=oracle reads the renderer's truth; a world-model "
+                         "teacher needs --detector=color")
+    config = build.BuildConfig(
+        clip=clips.ClipConfig(resolution=resolution, supersample=FLAGS.supersample,
+                              render_chunk=16),
+        key_frames=FLAGS.key_frames, detector=options["detector"], vocabulary=FLAGS.vocabulary,
+        qc=qc.QCConfig(**options["qc"]), fidelity=FLAGS.fidelity)
+    clips.check_render_memory(config.clip)
+    package_config = package.PackageConfig(
+        seed=FLAGS.shuffle_seed, grpo_per_task=FLAGS.grpo_per_task,
+        eval_fraction=FLAGS.eval_fraction, jsonl=FLAGS.jsonl)
+    out = os.path.abspath(FLAGS.out)
+    _check_out(out, options)
+    return dict(out=out, options=options, config=config, package=package_config,
+                seeds=build.scene_seeds(FLAGS.seed, FLAGS.num_scenes))
+
+
+def _build(root: str, plan: dict, teacher) -> dict:
+    """build.json (if new), the missing shards and the package under ``root``."""
+    from w2v_jax.supervision import build, package
+
+    if not os.path.exists(os.path.join(root, BUILD_FILE)):
+        fileio.atomic_write_json(os.path.join(root, BUILD_FILE), plan["options"])
+    done = build.build_shards(os.path.join(root, "shards"), plan["seeds"], plan["config"],
+                              teacher, progress=FLAGS.progress)
+    print(f"scenes built {done['built']}, skipped (already finished) {done['skipped']}")
+    return package.write_package(
+        done["shards"], os.path.join(root, "package"), plan["package"],
+        extra_stats={"build": plan["options"], "num_scenes": FLAGS.num_scenes})
 
 
 def _print_stats(stats: dict) -> None:
@@ -119,58 +196,27 @@ def _print_stats(stats: dict) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # checked here rather than with flags.mark_flags_as_required, which would make every other absl
-    # program that imports this module (tests run several in one process) demand these flags too
-    if FLAGS.out is None or FLAGS.num_scenes is None:
-        raise app.UsageError("--out and --num_scenes are required (see --help)")
-    if FLAGS.num_scenes < 1:
-        raise app.UsageError(f"--num_scenes must be >= 1, got {FLAGS.num_scenes}")
-    from w2v_jax.supervision import build, package, qc
+    with cli.checking():
+        plan = _validate(argv)
+        from w2v_jax.supervision import teachers
 
-    out = os.path.abspath(FLAGS.out)
-    if FLAGS.overwrite and os.path.exists(out):
-        shutil.rmtree(out)
-    teacher, resolution = None, FLAGS.resolution
-    if FLAGS.teacher == "world_model":
-        if not FLAGS.world_model_dir:
-            raise app.UsageError("--teacher=world_model needs --world_model_dir")
-        from w2v_jax.models.world_model import WorldModelTeacher
-        from w2v_jax.train.runs import load_world_model
+        teacher = teachers.RendererTeacher(supersample=FLAGS.supersample, render_chunk=16)
+        if FLAGS.teacher == "world_model":  # loading the run is part of checking its directory
+            from w2v_jax.train.runs import load_world_model
 
-        model = load_world_model(FLAGS.world_model_dir)
-        size = model.config.image_size
-        if FLAGS["resolution"].present and FLAGS.resolution != size:
-            raise app.UsageError(f"--resolution {FLAGS.resolution} differs from the world model's "
-                                 f"image size {size}")
-        resolution = size
-        teacher = WorldModelTeacher(model, steps=FLAGS.teacher_steps, cfg=FLAGS.teacher_cfg)
-    elif FLAGS.world_model_dir:
-        raise app.UsageError("--world_model_dir is only used with --teacher=world_model")
-    options = _options(resolution)
-    if FLAGS.teacher == "world_model" and options["detector"] == "oracle":
-        raise app.UsageError("--detector=oracle reads the renderer's truth; a world-model "
-                             "teacher needs --detector=color")
-    _check_resume(out, options)
-    config = build.BuildConfig(
-        resolution=resolution, supersample=FLAGS.supersample, key_frames=FLAGS.key_frames,
-        detector=options["detector"], vocabulary=FLAGS.vocabulary,
-        qc=qc.QCConfig(**options["qc"]),
-        teacher_steps=FLAGS.teacher_steps, teacher_cfg=FLAGS.teacher_cfg,
-        fidelity=FLAGS.fidelity)
-    seeds = build.scene_seeds(FLAGS.seed, FLAGS.num_scenes)
-    done = build.build_shards(os.path.join(out, "shards"), seeds, config, teacher,
-                              teacher_name=FLAGS.teacher, progress=FLAGS.progress)
-    print(f"scenes built {done['built']}, skipped (already finished) {done['skipped']}")
-    stats = package.write_package(
-        done["shards"], os.path.join(out, "package"),
-        package.PackageConfig(seed=FLAGS.shuffle_seed, grpo_per_task=FLAGS.grpo_per_task,
-                              eval_fraction=FLAGS.eval_fraction, jsonl=FLAGS.jsonl),
-        extra_stats={"build": options, "num_scenes": FLAGS.num_scenes})
+            teacher = teachers.WorldModelTeacher(load_world_model(FLAGS.world_model_dir),
+                                                 steps=FLAGS.teacher_steps, cfg=FLAGS.teacher_cfg)
+    out = plan["out"]
+    fileio.sweep_stale(os.path.dirname(out), os.path.basename(out))
+    fileio.sweep_stale(out)  # a killed package swap
+    if FLAGS.overwrite and os.path.lexists(out):
+        with fileio.atomic_dir(out) as tmp:  # the old build stays until the new one is complete
+            stats = _build(tmp, plan, teacher)
+    else:
+        stats = _build(out, plan, teacher)
     _print_stats(stats)
     print(f"wrote {os.path.join(out, 'package')}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -23,20 +23,20 @@ summary JSON (``--results_json``: per split ``psnr_covisible``, ``psnr_covisible
 """
 from __future__ import annotations
 
+import io
 import json
 import os
-import shutil
 import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from w2v_jax import actions, geometry
+from w2v_jax import actions, cli, fileio, geometry
 from w2v_jax.models import world_model as wm
 from w2v_jax.models.world_model import metrics
 from w2v_jax.train.checkpoint import Checkpointer
-from w2v_jax.train.runs import load_world_model
+from w2v_jax.train.runs import load_world_model, read_run_config
 
 SPLITS = {"moves": ("forward", "backward", "left", "right"), "turns": ("turn_left", "turn_right")}
 
@@ -45,15 +45,15 @@ _REG = flags.DEFINE_string("regression_workdir", "", "Run directory of the regre
 _DATA = flags.DEFINE_string("data_dir", "", "Posed-clip dataset (default: the run's data_dir); its "
                             "scene seeds must be disjoint from the run's training scenes.")
 _SPLIT = flags.DEFINE_string("split", "eval", "Held-out split of the dataset.")
-_STEPS = flags.DEFINE_integer("steps", 25, "Sampler steps.")
+_STEPS = cli.integer("steps", 25, "Sampler steps.", lo=1, hi=10000)
 _METHOD = flags.DEFINE_enum("method", "euler", ["euler", "heun"], "ODE sampler.")
-_CFG = flags.DEFINE_float("cfg", 1.0, "Classifier-free guidance scale (1 = off).")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_BATCH = flags.DEFINE_integer("batch_size", 64, "Pairs per sampler call.")
-_MAX_PAIRS = flags.DEFINE_integer("max_pairs", 0, "Evaluate at most this many pairs (0 = all).")
+_CFG = cli.real("cfg", 1.0, "Classifier-free guidance scale (1 = off).", lo=0.0, hi=100.0)
+_SEED = cli.integer("seed", 0, "Sampling seed.", lo=0)
+_BATCH = cli.integer("batch_size", 64, "Pairs per sampler call.", lo=1, hi=65536)
+_MAX_PAIRS = cli.integer("max_pairs", 0, "Evaluate at most this many pairs (0 = all).", lo=0)
 _NO_EMA = flags.DEFINE_bool("no_ema", False, "Use the raw instead of the EMA parameters.")
 _OUT = flags.DEFINE_string("out", "", "Output directory (default WORKDIR/eval).")
-_SHEET_ROWS = flags.DEFINE_integer("sheet_rows", 12, "Trajectories in the PNG sheet.")
+_SHEET_ROWS = cli.integer("sheet_rows", 12, "Trajectories in the PNG sheet.", lo=1, hi=1000)
 _RESULTS_JSON = flags.DEFINE_string("results_json", "", "Also write the summary JSON here.")
 _RESULTS_MD = flags.DEFINE_string("results_md", "", "Also copy the markdown table here.")
 _RESULTS_SHEET = flags.DEFINE_string("results_sheet", "", "Also copy the PNG sheet here.")
@@ -196,8 +196,8 @@ def markdown(results: dict, methods, header: str) -> str:
     return "\n".join(lines)
 
 
-def sheet(rows, views: dict, path: str, num_rows: int, scale: int = 4) -> None:
-    """PNG: one trajectory per row, columns = source | each method | truth, with labels."""
+def sheet(rows, views: dict, num_rows: int, scale: int = 4) -> bytes:
+    """PNG bytes: one trajectory per row, columns = source | each method | truth, labelled."""
     from PIL import Image, ImageDraw
 
     picks = []
@@ -222,32 +222,41 @@ def sheet(rows, views: dict, path: str, num_rows: int, scale: int = 4) -> None:
         for c, tile in enumerate(tiles):
             t = Image.fromarray(np.round(np.clip(tile, 0, 1) * 255).astype(np.uint8))
             img.paste(t.resize((h, h), Image.NEAREST), (label_w + c * (h + pad), y))
-    img.save(path)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def trained_steps(workdir: str) -> int | None:
-    """Step of the newest checkpoint in ``workdir`` (the weights evaluated), None if none."""
+    """Step of the newest checkpoint of ``workdir`` that restores (the weights evaluated)."""
     ckpt = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"), async_save=False)
     try:
-        return ckpt.latest_step()
+        ckpt.restore_raw()
+        return ckpt.restored_step
     finally:
         ckpt.close()
 
 
-def main(argv):
+def _validate(argv) -> dict:
+    """Every flag and input (runs, dataset, held-out pairs, models) before anything is written."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise ValueError(f"unexpected arguments: {argv[1:]}")
     if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required")
+        raise ValueError("--workdir is required")
     workdir = os.path.abspath(_WORKDIR.value)
-    with open(os.path.join(workdir, "config.json")) as f:
-        run_config = json.load(f)
+    run_config = read_run_config(workdir)
+    if _REG.value:
+        read_run_config(os.path.abspath(_REG.value))
     data_dir = _DATA.value or run_config["data"]["data_dir"]
     out_dir = _OUT.value or os.path.join(workdir, "eval")
-    os.makedirs(out_dir, exist_ok=True)
-
-    t0 = time.time()
+    for flag, path in (("--out", out_dir), ("--results_json", _RESULTS_JSON.value),
+                       ("--results_md", _RESULTS_MD.value),
+                       ("--results_sheet", _RESULTS_SHEET.value)):
+        if path and os.path.isdir(path) != (flag == "--out") and os.path.exists(path):
+            raise ValueError(f"{flag}={path}: must be a {'directory' if flag == '--out' else 'file'}")
     rows = load_pairs(data_dir, _SPLIT.value, _MAX_PAIRS.value)
+    if not rows:
+        raise ValueError(f"--split={_SPLIT.value} of {data_dir} holds no clips")
     gap = check_trajectory_poses(rows)
     if gap > 1e-3:
         raise ValueError(f"stored end poses differ from the integrated action text by {gap}")
@@ -261,55 +270,65 @@ def main(argv):
         raise ValueError(f"held-out split shares scene seeds with train: {sorted(overlap)[:5]}")
     print(f"{len(rows)} held-out pairs from {len({r['scene_seed'] for r in rows})} scenes "
           f"(disjoint from the run's {len(train_seeds)} training scenes)")
-
-    model = load_world_model(workdir, use_ema=not _NO_EMA.value)
+    models = {"imagined": load_world_model(workdir, use_ema=not _NO_EMA.value)}
+    if _REG.value:
+        models["regression"] = load_world_model(os.path.abspath(_REG.value),
+                                                use_ema=not _NO_EMA.value)
     size = rows[0]["src"].shape[0]
-    if model.config.image_size != size:
-        raise ValueError(f"the model works at {model.config.image_size} px but the held-out clips "
-                         f"are {size} px; evaluate on clips rendered at the model's resolution")
+    for name, model in models.items():
+        if model.config.image_size != size:
+            raise ValueError(f"the {name} model works at {model.config.image_size} px but the "
+                             f"held-out clips are {size} px; evaluate on clips rendered at the "
+                             "model's resolution")
+    return dict(workdir=workdir, run_config=run_config, data_dir=data_dir, out_dir=out_dir,
+                rows=rows, models=models)
+
+
+def main(argv):
+    t0 = time.time()
+    with cli.checking():
+        plan = _validate(argv)
+    workdir, run_config, rows = plan["workdir"], plan["run_config"], plan["rows"]
+    out_dir = plan["out_dir"]
     sampler_args = dict(steps=_STEPS.value, method=_METHOD.value, cfg=_CFG.value, seed=_SEED.value,
                         batch_size=_BATCH.value)
     t1 = time.time()
-    views = {"imagined": predict(model, rows, **sampler_args)}
+    views = {"imagined": predict(plan["models"]["imagined"], rows, **sampler_args)}
     sample_s = time.time() - t1
-    if _REG.value:
-        reg = load_world_model(os.path.abspath(_REG.value), use_ema=not _NO_EMA.value)
-        views["regression"] = predict(reg, rows, **sampler_args)
+    if "regression" in plan["models"]:
+        views["regression"] = predict(plan["models"]["regression"], rows, **sampler_args)
     views["copy_source"] = np.stack([r["src"] for r in rows])
     views["warp"] = np.stack([metrics.warp_baseline(r["src"], r["depth_src"], r["K"], r["rel"])
                               for r in rows])
     views["truth"] = np.stack([r["tgt"] for r in rows])
     results = evaluate(rows, views)
     methods = list(views)
-    meta = dict(workdir=workdir, regression_workdir=_REG.value, data_dir=os.path.abspath(data_dir),
-                split=_SPLIT.value, model=run_config["model"], sampler=dict(
+    meta = dict(workdir=workdir, regression_workdir=_REG.value,
+                data_dir=os.path.abspath(plan["data_dir"]), split=_SPLIT.value,
+                model=run_config["model"], sampler=dict(
                     steps=_STEPS.value, method=_METHOD.value, cfg=_CFG.value, seed=_SEED.value),
                 ema=not _NO_EMA.value, sampling_seconds=round(sample_s, 1),
                 eval_seconds=round(time.time() - t0, 1), train_steps=trained_steps(workdir),
                 regression_train_steps=trained_steps(_REG.value) if _REG.value else None,
                 schedule_steps=run_config.get("total_steps"))
     summary = {"meta": meta, **results}
-    with open(os.path.join(out_dir, "eval.json"), "w") as f:
-        json.dump(summary, f, indent=1)
     header = (f"World model `{os.path.basename(workdir)}` on {results['all']['num_pairs']} "
               f"held-out pairs ({_METHOD.value}, {_STEPS.value} steps, cfg {_CFG.value}); 'truth' "
               "rows are the metric's ceiling (reprojection L1 of the true view is the sampling "
               "floor).")
     table = markdown(results, methods, header)
-    with open(os.path.join(out_dir, "eval.md"), "w") as f:
-        f.write(table + "\n")
-    sheet(rows, {k: v for k, v in views.items() if k != "truth"},
-          os.path.join(out_dir, "sheet.png"), _SHEET_ROWS.value)
+    png = sheet(rows, {k: v for k, v in views.items() if k != "truth"}, _SHEET_ROWS.value)
+    outputs = {os.path.join(out_dir, "eval.json"): json.dumps(summary, indent=1),
+               os.path.join(out_dir, "eval.md"): table + "\n",
+               os.path.join(out_dir, "sheet.png"): png}
+    for path, key in ((_RESULTS_JSON.value, "eval.json"), (_RESULTS_MD.value, "eval.md"),
+                      (_RESULTS_SHEET.value, "sheet.png")):
+        if path:
+            outputs[path] = outputs[os.path.join(out_dir, key)]
+    for path, data in outputs.items():
+        fileio.atomic_write(path, data)
     print(table)
-    if _RESULTS_JSON.value:
-        os.makedirs(os.path.dirname(os.path.abspath(_RESULTS_JSON.value)), exist_ok=True)
-        with open(_RESULTS_JSON.value, "w") as f:
-            json.dump(summary, f, indent=1)
-    for src_name, dst in (("eval.md", _RESULTS_MD.value), ("sheet.png", _RESULTS_SHEET.value)):
-        if dst:
-            os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-            shutil.copyfile(os.path.join(out_dir, src_name), dst)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -10,25 +10,32 @@ clusters: run the same command on every host).
 (``jax_num_cpu_devices``). XLA:CPU runs each device's work on its own thread, so on a 2-core box
 ``--cpu_devices=2 --config.mesh.data=2`` (data parallel) runs the ``small`` world model's step
 about twice as fast as one device does.
+
+Config errors, and a workdir holding a run of another model / loss / data, fail in one line (exit
+status 2) before anything is built or written. A non-finite loss or gradient norm stops the run
+with an error naming the step and metric, and no checkpoint is written from that step on; a
+damaged newest checkpoint is skipped for the newest one that restores.
 """
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from w2v_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a get_config(arg) file[:arg].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, config).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
-_CPU_DEVICES = flags.DEFINE_integer(
+_CPU_DEVICES = cli.integer(
     "cpu_devices", 0, "> 0: split the CPU into this many XLA devices before JAX starts "
-    "(jax_num_cpu_devices); pair it with --config.mesh.data=N for data parallelism.")
+    "(jax_num_cpu_devices); pair it with --config.mesh.data=N for data parallelism.", lo=0,
+    hi=4096)
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _CONFIG.value is None or not _WORKDIR.value:
-        raise app.UsageError("--config and --workdir are required")
-    if _CPU_DEVICES.value < 0:
-        raise app.UsageError(f"--cpu_devices must be >= 0, got {_CPU_DEVICES.value}")
+    with cli.checking():
+        if len(argv) > 1:
+            raise ValueError(f"unexpected arguments: {argv[1:]}")
+        if _CONFIG.value is None or not _WORKDIR.value:
+            raise ValueError("--config and --workdir are required")
     if _CPU_DEVICES.value:  # before any JAX operation starts the backends (JAX raises otherwise)
         import jax
 
@@ -39,10 +46,13 @@ def main(argv):
         from w2v_jax.sharding import initialize_multihost
 
         initialize_multihost()
-    from w2v_jax.train.run import train_from_config
+    from w2v_jax.train import run
 
-    train_from_config(_CONFIG.value, _WORKDIR.value)
+    with cli.checking():  # the whole config, and the workdir's saved one, before any model
+        run.validate_config(_CONFIG.value)
+        run.check_resume_config(_CONFIG.value, _WORKDIR.value)
+    run.train_from_config(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -2,8 +2,7 @@
 
 import json
 import os
-import subprocess
-import sys
+import re
 
 import numpy as np
 import pytest
@@ -12,16 +11,30 @@ from PIL import Image
 from w2v_jax import actions as actions_lib
 from w2v_jax.sim import clips
 from w2v_jax.sim import scene as scene_lib
-from w2v_jax.supervision import build, tasks, templates
+from w2v_jax.sim.render import render_cameras
+from w2v_jax.supervision import build, tasks, teachers, templates
 from w2v_jax.supervision.reward import score
 
-CONFIG = build.BuildConfig(supersample=1)  # one cheap render compilation for the whole file
+# one cheap render compilation (chunk 16, 1 ray per pixel) for the whole file
+CONFIG = build.BuildConfig(clip=clips.ClipConfig(supersample=1, render_chunk=16))
+COLOR = build.BuildConfig(clip=CONFIG.clip, detector="color")
+RENDERER = teachers.RendererTeacher(supersample=1, render_chunk=16)
+
+
+class FakeTeacher:
+    """A model-like teacher: ``fn(image, trajectory, key_frames)`` gives the views."""
+
+    def __init__(self, fn, name="fake"):
+        self.fn, self.name = fn, name
+
+    def views(self, image, K, trajectory, *, scene, c2w_source, seed, key_frames=False):
+        return self.fn(image, trajectory, key_frames)
 
 
 @pytest.fixture(scope="module")
 def built():
     seeds = build.scene_seeds(0, 3)
-    return seeds, [build.build_scene(s, CONFIG) for s in seeds]
+    return seeds, [build.build_scene(s, CONFIG, RENDERER) for s in seeds]
 
 
 def _all_records(results):
@@ -88,7 +101,7 @@ def test_d_labels_agree_with_the_renderer(built):
     """Oracle teacher: D2 "disappears" iff the object has no visible pixel in the true last view;
     D1's answer is the object's true box there."""
     seeds, results = built
-    ccfg = CONFIG.clip_config()
+    ccfg = CONFIG.clip
     checked = 0
     for seed, result in zip(seeds, results):
         scene = scene_lib.sample_scene(seed)
@@ -101,7 +114,8 @@ def test_d_labels_agree_with_the_renderer(built):
             poses.append(c2w[traj["frame_ids"][-1]])
         if not poses:
             continue
-        truth = build._render_all(scene, np.stack(poses), CONFIG)
+        truth = render_cameras(scene, np.stack(poses), ccfg.K, ccfg.resolution, ccfg.resolution,
+                               ccfg.supersample, ccfg.render_chunk)
         for i, rec in enumerate(d_records):
             slot = rec["meta"]["track_id"]
             assert rec["meta"]["label"] == scene_lib.SHAPES[int(scene.type[slot])]
@@ -138,7 +152,7 @@ def test_resume_skips_finished_scenes(built, tmp_path):
     root = str(tmp_path)
     path = build.write_shard(root, results[0])
     stamp = os.path.getmtime(os.path.join(path, build.SHARD_FILE))
-    done = build.build_shards(root, seeds[:1], CONFIG, progress=False)
+    done = build.build_shards(root, seeds[:1], CONFIG, RENDERER, progress=False)
     assert done == {"built": 0, "skipped": 1, "shards": [path]}
     assert os.path.getmtime(os.path.join(path, build.SHARD_FILE)) == stamp
 
@@ -147,16 +161,15 @@ def test_failures_leave_nothing_half_written(built, tmp_path, monkeypatch):
     seeds, results = built
     calls = []
 
-    def flaky_teacher(image, K, acts, **kw):
+    def flaky(image, trajectory, key_frames):
         calls.append(1)
         if len(calls) == 4:
             raise RuntimeError("teacher crashed")
-        return np.repeat(np.asarray(image)[None], 3, 0)[: 1 + len(acts) - 1]
+        return np.repeat(np.asarray(image)[None], len(trajectory.actions), 0)
 
     root = str(tmp_path / "shards")
     with pytest.raises(RuntimeError, match="crashed"):
-        build.build_shards(root, seeds[:1], build.BuildConfig(supersample=1, detector="color"),
-                           flaky_teacher, teacher_name="flaky", progress=False)
+        build.build_shards(root, seeds[:1], COLOR, FakeTeacher(flaky), progress=False)
     assert not os.path.exists(root) or os.listdir(root) == []
 
     saved = []
@@ -178,12 +191,11 @@ def test_failures_leave_nothing_half_written(built, tmp_path, monkeypatch):
 def test_qc_rejects_a_teacher_that_copies_the_source(built):
     seeds, _ = built
 
-    def copy_teacher(image, K, acts, *, key_frames, **kw):
-        n = len(acts) if key_frames else 1
+    def copy(image, trajectory, key_frames):
+        n = len(trajectory.actions) if key_frames else 1
         return np.repeat(np.asarray(image, np.float32)[None] / 255.0, n, 0)
 
-    result = build.build_scene(seeds[0], build.BuildConfig(supersample=1, detector="color"),
-                               copy_teacher, teacher_name="copy")
+    result = build.build_scene(seeds[0], COLOR, FakeTeacher(copy, "copy"))
     assert result["stats"]["qc_rejected"] == result["stats"]["trajectories"] == 9
     assert set(result["stats"]["qc_reasons"]) == {"static"}
     assert result["records"] == [] and result["a4_candidates"] == []
@@ -192,7 +204,7 @@ def test_qc_rejects_a_teacher_that_copies_the_source(built):
 
 def test_color_detector_pipeline_and_label_fidelity(built):
     seeds, results = built
-    result = build.build_scene(seeds[0], build.BuildConfig(supersample=1, detector="color"))
+    result = build.build_scene(seeds[0], COLOR, RENDERER)
     assert result["oracle_records"] is not None
     oracle_d = [r for r in results[0]["records"] if r["task_type"].startswith("D")]
     strip = lambda recs: [{k: v for k, v in r.items() if k != "source"} for r in recs]
@@ -230,15 +242,18 @@ def test_scene_seeds_and_config_validation():
         build.BuildConfig(detector="yolo")
     with pytest.raises(ValueError, match="vocabulary"):
         build.BuildConfig(vocabulary="words")
-    with pytest.raises(ValueError, match="oracle"):
-        build.build_scene(1, build.BuildConfig(), teacher=lambda *a, **k: None,
-                          teacher_name="model")
+    with pytest.raises(ValueError, match="detector='oracle' reads the renderer's truth"):
+        build.build_scene(1, CONFIG, FakeTeacher(lambda *a: None, "world_model"))
+    wrong = FakeTeacher(lambda image, trajectory, key_frames: np.zeros((1, 8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"teacher 'fake' returned views of shape \(1, 8, 8, 3\)"):
+        build.build_scene(build.scene_seeds(0, 1)[0], COLOR, wrong)
 
 
 def test_launcher_builds_resumes_and_refuses_other_options(built, tmp_path, capsys):
-    from absl import app, flags
+    from absl import flags
 
     from data_gen import build_supervision as launcher
+    from w2v_jax import cli
 
     out = str(tmp_path / "run")
     argv = ["build_supervision", "--num_scenes=2", f"--out={out}", "--supersample=1",
@@ -257,49 +272,52 @@ def test_launcher_builds_resumes_and_refuses_other_options(built, tmp_path, caps
         assert "scenes built 0, skipped (already finished) 2" in capsys.readouterr().out
         flags.FLAGS.unparse_flags()
         flags.FLAGS(argv + ["--vocabulary=color_shape"])
-        with pytest.raises(app.UsageError, match="vocabulary"):
+        with pytest.raises(cli.UserError, match="vocabulary"):
             launcher.main(["build_supervision"])
     finally:
         flags.FLAGS.unparse_flags()
     assert sorted(os.listdir(out)) == ["build.json", "package", "shards"]
 
 
-def test_launcher_help():
-    proc = subprocess.run([sys.executable, "-m", "data_gen.build_supervision", "--help"],
-                          check=False, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(
-                              os.path.abspath(__file__))))
-    assert proc.returncode in (0, 1) and "Traceback" not in proc.stderr  # absl --help exits 1
-    assert "a rerun skips finished scenes" in proc.stdout
-    for flag in ("--teacher", "--world_model_dir", "--num_scenes", "--out", "--seed",
-                 "--resolution", "--grpo_per_task"):
-        assert flag in proc.stdout
+def test_launcher_help_documents_every_flag():
+    from absl import flags
+
+    from data_gen import build_supervision as launcher
+
+    text = " ".join(flags.FLAGS.module_help(launcher.__name__).split())  # unwrapped
+    for flag in ("teacher", "world_model_dir", "num_scenes", "out", "seed", "resolution",
+                 "grpo_per_task", "overwrite"):
+        assert re.search(rf"--(\[no\])?{flag}:", text), flag
+        assert " ".join(flags.FLAGS[flag].help.split()) in text
+    assert "a rerun skips finished scenes" in launcher.__doc__
 
 
-@pytest.mark.slow
-def test_oracle_views_are_the_renderer_teachers(built):
-    from w2v_jax.models.world_model import RendererTeacher
-
+def test_renderer_teacher_views_are_the_true_renders(built):
+    """The stored renderer-teacher views equal the true renders at the planned key-frame
+    cameras (the trajectory integrated from the start camera hits the planned poses)."""
     seeds, results = built
     scene = scene_lib.sample_scene(seeds[0])
     traj = results[0]["trajectories"][6]  # a multi-step preset
-    _, c2w, _ = clips.plan_clip(scene, seeds[0], traj["index"], traj["kind"], CONFIG.clip_config())
+    _, c2w, _ = clips.plan_clip(scene, seeds[0], traj["index"], traj["kind"], CONFIG.clip)
     views = results[0]["views"][traj["traj_id"]]
-    teacher = RendererTeacher(scene, c2w[0], supersample=CONFIG.supersample)
-    got = teacher(views[0], CONFIG.clip_config().K, traj["actions"], key_frames=True)
-    np.testing.assert_array_equal(np.round(got * 255).astype(np.uint8), views[1:])
+    c = CONFIG.clip
+    truth = render_cameras(scene, c2w[traj["frame_ids"]], c.K, c.resolution, c.resolution,
+                           c.supersample, c.render_chunk)["rgb"]
+    np.testing.assert_array_equal(build.to_uint8(truth), views)
 
 
 @pytest.mark.slow
 def test_world_model_teacher_runs_through_the_pipeline():
     """An (untrained) world model as the teacher: views of the model's size, colour detector,
     QC counted, oracle records for the fidelity. Its near-uniform outputs fail the blur test."""
-    from w2v_jax.models.world_model import WorldModelConfig, WorldModelTeacher
+    from w2v_jax.models.world_model import WorldModelConfig
     from w2v_jax.models.world_model import build as wm_build
 
     model = wm_build(WorldModelConfig.preset("tiny"))
-    teacher = WorldModelTeacher(model, steps=2)
-    config = build.BuildConfig(resolution=16, supersample=1, detector="color")
-    result = build.build_scene(build.scene_seeds(0, 1)[0], config, teacher, "world_model")
+    teacher = teachers.WorldModelTeacher(model, steps=2)
+    config = build.BuildConfig(clip=clips.ClipConfig(resolution=16, supersample=1),
+                               detector="color")
+    result = build.build_scene(build.scene_seeds(0, 1)[0], config, teacher)
     assert all(v.shape[1:] == (16, 16, 3) for v in result["views"].values())
     stats = result["stats"]
     assert stats["trajectories"] == 9 and result["oracle_records"] is not None

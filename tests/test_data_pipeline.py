@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from array_record.python import array_record_module as arm
 
+from w2v_jax import fileio
 from w2v_jax.data import array_record as ar
 from w2v_jax.data import pipeline, synthetic
 
@@ -156,15 +157,15 @@ def test_pad_to():
 
 def test_atomic_dir_replaces_on_success_and_keeps_the_old_on_error(tmp_path):
     out = tmp_path / "out"
-    with ar.atomic_dir(str(out)) as tmp:
+    with fileio.atomic_dir(str(out)) as tmp:
         (tmp_path / tmp / "a.txt").write_text("first")
     assert (out / "a.txt").read_text() == "first"
     with pytest.raises(RuntimeError, match="boom"):
-        with ar.atomic_dir(str(out)) as tmp:
+        with fileio.atomic_dir(str(out)) as tmp:
             (tmp_path / tmp / "a.txt").write_text("second")
             raise RuntimeError("boom")
     assert (out / "a.txt").read_text() == "first"
-    with ar.atomic_dir(str(out)) as tmp:
+    with fileio.atomic_dir(str(out)) as tmp:
         (tmp_path / tmp / "b.txt").write_text("third")
     assert sorted(p.name for p in out.iterdir()) == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary left behind

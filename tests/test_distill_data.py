@@ -14,7 +14,8 @@ from PIL import Image
 
 from w2v_jax.data import array_record, distill
 from w2v_jax.processing import ImageConfig, train_tokenizer
-from w2v_jax.supervision import build, package
+from w2v_jax.sim.clips import ClipConfig
+from w2v_jax.supervision import build, package, teachers
 from w2v_jax.supervision.reward import compute_score
 
 RES = 32
@@ -22,16 +23,16 @@ NUM_SCENES = 6
 PER_TASK = 4
 
 
-def fake_render_all(scene, c2ws, config):
+def fake_render_cameras(scene, c2ws, K, height, width, supersample=1, chunk=16):
     """Stand-in for the renderer: per camera a random view and random visible boxes (0-1000)."""
     rng = np.random.default_rng(int(abs(np.asarray(c2ws)).sum() * 1000) % 2**32)
-    n, k = len(c2ws), config.max_objects
+    n, k = len(c2ws), scene.max_objects
     x1 = rng.integers(20, 600, (n, k))
     y1 = rng.integers(20, 600, (n, k))
     boxes = np.stack([x1, y1, x1 + rng.integers(110, 350, (n, k)),
                       y1 + rng.integers(110, 350, (n, k))], -1)
     pixels = np.where(rng.random((n, k)) < 0.3, 0, rng.integers(5, 200, (n, k)))
-    return {"rgb": rng.random((n, config.resolution, config.resolution, 3)).astype(np.float32),
+    return {"rgb": rng.random((n, height, width, 3)).astype(np.float32),
             "visible_pixels": pixels, "visible": pixels > 0,
             "box": np.where(pixels[..., None] > 0, boxes, -1)}
 
@@ -39,10 +40,12 @@ def fake_render_all(scene, c2ws, config):
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("shards"))
-    config = build.BuildConfig(resolution=RES)
+    config = build.BuildConfig(clip=ClipConfig(resolution=RES, render_chunk=16))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(build, "_render_all", fake_render_all)
-        done = build.build_shards(root, build.scene_seeds(3, NUM_SCENES), config, progress=False)
+        mp.setattr(build, "render_cameras", fake_render_cameras)
+        mp.setattr(teachers, "render_cameras", fake_render_cameras)
+        done = build.build_shards(root, build.scene_seeds(3, NUM_SCENES), config,
+                                  teachers.RendererTeacher(), progress=False)
     return done["shards"]
 
 

@@ -100,6 +100,11 @@ def test_refuses_overwrite_and_replaces_with_flag(dataset, tmp_path):
     target = tmp_path / "again"
     target.mkdir()
     (target / "stale.txt").write_text("old")
+    with pytest.raises(ValueError, match="generation.json"):  # not written by this tool: kept
+        posed_clips.write_clips(str(target), num_scenes=1, seed=1, config=CONFIG, overwrite=True,
+                                progress=False)
+    assert os.listdir(target) == ["stale.txt"]
+    (target / "generation.json").write_text("{}")  # an earlier output of write_clips
     info = posed_clips.write_clips(
         str(target),
         num_scenes=1,

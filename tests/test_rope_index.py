@@ -13,42 +13,16 @@ MERGE = 2
 
 
 def _tiny_hf_model(vocab, image, video, v_start, v_end, pad):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from vlm_fixtures import tiny_hf_config
 
     torch.manual_seed(0)
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": [2, 3, 3],
-            },
-        ),
-        vision_config=dict(
-            depth=1,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            patch_size=14,
-            spatial_merge_size=MERGE,
-            temporal_patch_size=2,
-            window_size=56,
-            out_hidden_size=32,
-            fullatt_block_indexes=[0],
-        ),
-        image_token_id=image,
-        video_token_id=video,
-        vision_start_token_id=v_start,
-        vision_end_token_id=v_end,
-        eos_token_id=0,
-        pad_token_id=pad,
-    )
+    ids = dict(image=image, video=video, vision_start=v_start, vision_end=v_end, eos=0, pad=pad)
+    config = tiny_hf_config(vocab_size=vocab, hidden_size=32, intermediate_size=64,
+                            num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                            vision_depth=1, vision_hidden_size=32, vision_intermediate_size=64,
+                            vision_num_heads=2, fullatt_block_indexes=(0,), special_ids=ids)
     return Qwen2_5_VLForConditionalGeneration(config).eval()
 
 

@@ -10,7 +10,8 @@ from flax import nnx
 import vlm_fixtures as vf
 from w2v_jax.hf import load_vlm
 from w2v_jax.train.losses import get_loss
-from w2v_jax.train.losses.sft import sft_batch, sft_loss, target_positions
+from w2v_jax.data.sft_batch import sft_batch, target_positions
+from w2v_jax.train.losses.sft import sft_loss
 
 V = 11
 
@@ -63,14 +64,11 @@ def _hand_loss(model, batch):
     return total, count, correct
 
 
-def test_registered():
-    assert get_loss("sft") is sft_loss
-
-
-def test_equals_hand_computation():
+def test_registered_sft_loss_equals_hand_computation():
     batch = _text_batch()
     model = TableLM(4, 9)
-    loss, aux = sft_loss(model, {k: jnp.asarray(v) for k, v in batch.items()}, jax.random.key(0))
+    loss, aux = get_loss("sft")(model, {k: jnp.asarray(v) for k, v in batch.items()},
+                                jax.random.key(0))
     total, count, correct = _hand_loss(model, batch)
     assert count == 5 + 4 + 2 + 3
     np.testing.assert_allclose(float(aux["loss_sum"]), total, rtol=1e-5)

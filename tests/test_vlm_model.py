@@ -10,8 +10,9 @@ import torch
 from flax import nnx
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+import vlm_fixtures as vf
 from w2v_jax.hf import nnx_to_hf_key
-from w2v_jax.models.vlm import Qwen2_5_VL, TextConfig, VisionConfig, VLMConfig
+from w2v_jax.models.vlm import Qwen2_5_VL, VLMConfig
 from w2v_jax import sharding
 
 # config.json of the released Qwen2.5-VL-7B-Instruct (hub spelling: flat text fields, rope_scaling)
@@ -61,36 +62,6 @@ QWEN25_VL_7B = {
     "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
     "vocab_size": 152064,
 }
-
-
-def tiny_config(**changes) -> VLMConfig:
-    cfg = VLMConfig(
-        text=TextConfig(
-            vocab_size=300,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            mrope_section=(2, 3, 3),
-            bos_token_id=294,
-            eos_token_id=295,
-        ),
-        vision=VisionConfig(
-            depth=2,
-            hidden_size=64,
-            intermediate_size=96,
-            num_heads=4,
-            out_hidden_size=64,
-            window_size=56,
-            fullatt_block_indexes=(1,),
-        ),
-        image_token_id=298,
-        video_token_id=299,
-        vision_start_token_id=296,
-        vision_end_token_id=297,
-    )
-    return cfg.replace(**changes)
 
 
 def test_config_reads_hub_7b_json_and_round_trips():
@@ -197,7 +168,7 @@ def test_remat_gives_same_loss_and_grads():
 
     def make(remat):
         return sharding.create_unsharded(
-            lambda: Qwen2_5_VL(tiny_config(remat=remat), rngs=nnx.Rngs(0))
+            lambda: Qwen2_5_VL(vf.tiny_config(remat=remat), rngs=nnx.Rngs(0))
         )
 
     @nnx.jit
@@ -221,7 +192,7 @@ def test_remat_gives_same_loss_and_grads():
 def test_cache_decode_equals_full_forward_text_only():
     """Text-only greedy continuation with the cache == logits of one full forward pass."""
     model = sharding.create_unsharded(
-        lambda: Qwen2_5_VL(tiny_config(tie_word_embeddings=True), rngs=nnx.Rngs(1))
+        lambda: Qwen2_5_VL(vf.tiny_config(tie_word_embeddings=True), rngs=nnx.Rngs(1))
     )
     ids = np.random.default_rng(2).integers(0, 290, (2, 6))
 

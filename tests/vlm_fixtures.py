@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from w2v_jax.models.vlm.config import VLMConfig, hf_config_dict
+
 VOCAB = 300
 TEXT_VOCAB = 290  # random text tokens are drawn from [0, TEXT_VOCAB)
 BOS, EOS = 294, 295
@@ -41,43 +43,20 @@ def tiny_hf_config(
     vision_depth: int = 4,
     fullatt_block_indexes: Sequence[int] = (1, 3),
     window_size: int = 56,
+    **sizes,
 ) -> Qwen2_5_VLConfig:
-    """The tiny ``Qwen2_5_VLConfig`` described in the module docstring."""
-    return Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=VOCAB,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            rms_norm_eps=1e-6,
-            bos_token_id=BOS,
-            eos_token_id=EOS,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": 10000.0,
-                "mrope_section": [2, 3, 3],
-            },
-        ),
-        vision_config=dict(
-            depth=vision_depth,
-            hidden_size=64,
-            intermediate_size=96,
-            num_heads=4,
-            patch_size=14,
-            spatial_merge_size=MERGE,
-            temporal_patch_size=2,
-            window_size=window_size,
-            out_hidden_size=64,
-            fullatt_block_indexes=list(fullatt_block_indexes),
-        ),
-        image_token_id=IMAGE,
-        video_token_id=VIDEO,
-        vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END,
-        tie_word_embeddings=tie_word_embeddings,
-    )
+    """The tiny ``Qwen2_5_VLConfig`` described in the module docstring (``hf_config_dict``;
+    ``sizes`` override its other fields)."""
+    sizes.setdefault("vocab_size", VOCAB)
+    return Qwen2_5_VLConfig(**hf_config_dict(
+        vision_depth=vision_depth, fullatt_block_indexes=tuple(fullatt_block_indexes),
+        window_size=window_size, tie_word_embeddings=tie_word_embeddings, **sizes))
+
+
+def tiny_config(**changes) -> VLMConfig:
+    """Our ``VLMConfig`` of the tiny model with a 2-block vision tower (full attention at 1)."""
+    d = hf_config_dict(vocab_size=VOCAB, vision_depth=2, fullatt_block_indexes=(1,))
+    return VLMConfig.from_hf_dict(d).replace(**changes)
 
 
 def make_hf_model(seed: int = 0, **config_kwargs) -> Qwen2_5_VLForConditionalGeneration:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -52,11 +52,13 @@ GRAMMAR = (
 )
 
 _NUM = r"(\d+(?:\.\d*)?|\.\d+)"
+# re.ASCII: the grammar is ASCII (\d must not match '５' or '١٥', which float() would accept)
 _ACTION_RE = re.compile(
     rf"^(?:move\s+(forward|backward|left|right)\s+{_NUM}\s*meters?"
-    rf"|turn\s+(left|right)\s+{_NUM}\s*degrees?)$"
+    rf"|turn\s+(left|right)\s+{_NUM}\s*degrees?)$", re.ASCII
 )
-_SEPARATOR_RE = re.compile(r"\s*(?:[,;]\s*(?:and\s+then|then|and)?|\band\s+then\b|\bthen\b|\band\b)\s*")
+_SEPARATOR_RE = re.compile(
+    r"\s*(?:[,;]\s*(?:and\s+then|then|and)?|\band\s+then\b|\bthen\b|\band\b)\s*", re.ASCII)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +128,9 @@ def parse_actions(text: str) -> list[Action]:
     """Parse the action grammar (see :data:`GRAMMAR`). Raises ValueError on anything else."""
     if not isinstance(text, str):
         raise ValueError(f"parse_actions expects a string, got {type(text).__name__}; grammar: {GRAMMAR}")
+    if not text.isascii():
+        bad = next(c for c in text if not c.isascii())
+        raise ValueError(f"non-ASCII character {bad!r} in {text!r}; the grammar is ASCII: {GRAMMAR}")
     body = " ".join(text.strip().lower().split()).rstrip(".").strip()
     if not body:
         raise ValueError(f"no actions in {text!r}; expected {GRAMMAR}")
@@ -197,7 +202,7 @@ def integrate(
     """
     if len(actions) == 0:
         raise ValueError("integrate needs at least one action; got an empty list")
-    if max_step_m <= 0 or max_step_deg <= 0 or min_frames < 2:
+    if not (0 < max_step_m < math.inf and 0 < max_step_deg < math.inf and min_frames >= 2):
         raise ValueError(
             f"need max_step_m > 0, max_step_deg > 0, min_frames >= 2; got {max_step_m}, "
             f"{max_step_deg}, {min_frames}"
@@ -218,6 +223,55 @@ def integrate(
             poses.append(poses[-1] @ step)
         key_frames.append(len(poses) - 1)
     return np.stack(poses).astype(np.float32), key_frames
+
+
+def _as_action(item: Any, where: str) -> Action:
+    if isinstance(item, Action):
+        return item
+    if isinstance(item, Mapping):
+        name, value = item.get("name"), item.get("value")
+    elif isinstance(item, (tuple, list)) and len(item) == 2:
+        name, value = item
+    else:
+        raise ValueError(
+            f"{where} must be an Action, (name, value) or {{name, value}}, got {item!r}")
+    if name not in NAMES:
+        raise ValueError(f"{where}.name must be one of {NAMES}, got {name!r}")
+    return Action(name, value)
+
+
+def as_actions(trajectory: Any, *, canonical: bool = False) -> list[Action]:
+    """A list of :class:`Action` from a :class:`Trajectory`, action text, or a non-empty sequence
+    of Actions / ``(name, value)`` pairs / ``{name, value}`` dicts; ValueError otherwise.
+
+    ``canonical=True`` also merges and drops as :func:`canonicalize` and refuses a result without
+    motion (task records); the default keeps the actions as given (a teacher's key frames are the
+    ends of the given segments).
+    """
+    if isinstance(trajectory, Trajectory):
+        out = list(trajectory.actions)
+    elif isinstance(trajectory, str):
+        out = parse_actions(trajectory)
+    elif isinstance(trajectory, (bytes, Mapping)) or not isinstance(trajectory, Iterable):
+        raise ValueError(f"actions must be a Trajectory, action text or a sequence of actions, "
+                         f"got {type(trajectory).__name__}")
+    else:
+        out = [_as_action(a, f"actions[{i}]") for i, a in enumerate(trajectory)]
+    given = out
+    if canonical:
+        out = canonicalize(out)
+    if not out:
+        raise ValueError(f"actions must describe some motion, got {given!r}")
+    return out
+
+
+def target_poses(trajectory: Any, key_frames: bool = False) -> np.ndarray:
+    """Poses (V, 4, 4) float32 of the views at the end of ``trajectory`` (V = 1) or, with
+    ``key_frames``, at the end of every action segment, in the start camera's frame (the start
+    camera is the identity): what a teacher is asked to show."""
+    poses, keys = integrate(as_actions(trajectory))
+    picks = keys[1:] if key_frames else [keys[-1]]
+    return poses[picks].astype(np.float32)
 
 
 def relative_motion(c2w_a, c2w_b) -> dict:

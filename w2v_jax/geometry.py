@@ -173,10 +173,15 @@ def plucker_rays(K, c2w_rel, height: int, width: int):
     return xp.concatenate([d, m], -1)
 
 
-def opencv_to_opengl(c2w):
-    """OpenCV c2w -> OpenGL/Blender/NeRF c2w (flip camera y and z): ``c2w @ diag(1, -1, -1, 1)``."""
-    xp = _xp(c2w)
-    return xp.asarray(c2w) @ xp.diag(xp.asarray([1.0, -1.0, -1.0, 1.0], dtype=xp.asarray(c2w).dtype))
+def box_iou(a, b) -> float:
+    """IoU of two ``[x1, y1, x2, y2]`` boxes (any consistent units, x2/y2 exclusive); 0 when the
+    union is empty. The official reward's IoU (``supervision.reward``) is this function."""
+    def area(box):
+        return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+    inter = area([max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])])
+    union = area(a) + area(b) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def boxes_to_1000(boxes_xyxy, width: int, height: int):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -23,6 +24,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from w2v_jax import fileio
 from w2v_jax.models.vlm.config import VLMConfig
 from w2v_jax.models.vlm.model import Qwen2_5_VL
 from w2v_jax import sharding
@@ -132,16 +134,6 @@ def _compile_row(hf: str, nnx_path: str) -> tuple[tuple[re.Pattern, str], tuple[
 _COMPILED = tuple((*_compile_row(hf, nnx_path), t) for hf, nnx_path, t in KEY_TABLE)
 
 
-def hf_to_nnx_path(key: str) -> tuple[str, str] | None:
-    """Hub key (either spelling) -> (dotted NNX path, transform), or None if unknown."""
-    key = normalize_key(key)
-    for (hf_re, _), (_, nnx_fmt), transform in _COMPILED:
-        m = hf_re.fullmatch(key)
-        if m:
-            return nnx_fmt.format(**m.groupdict()), transform
-    return None
-
-
 def nnx_to_hf_key(path: str) -> tuple[str, str] | None:
     """Dotted NNX parameter path -> (hub key, transform), or None if it has no HF name."""
     for (_, hf_fmt), (nnx_re, _), transform in _COMPILED:
@@ -163,12 +155,24 @@ def _dotted(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
+def _read_json(file: Path) -> Any:
+    """The JSON in ``file``; ValueError naming the file when it is not valid JSON."""
+    try:
+        return json.loads(file.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{str(file)!r} is not valid JSON: {e}") from e
+
+
 def _checkpoint_files(path: Path) -> dict[str, tuple[Path, str]]:
     """Normalized hub key -> (safetensors file, key as stored)."""
     index = path / _SHARD_INDEX
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        files = sorted({path / f for f in weight_map.values()})
+        obj = _read_json(index)
+        weight_map = obj.get("weight_map") if isinstance(obj, dict) else None
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{str(index)!r} has no 'weight_map' object")
+        files = sorted({Path(fileio.resolve_inside(path, f, f"{index} weight_map entry"))
+                        for f in set(weight_map.values())})
     elif (path / _SINGLE_FILE).is_file():
         files = [path / _SINGLE_FILE]
     else:
@@ -195,7 +199,7 @@ def read_config(path: str | Path, **kwargs: Any) -> VLMConfig:
     file = Path(path) / "config.json"
     if not file.is_file():
         raise ValueError(f"checkpoint path={str(path)!r}: no config.json")
-    return VLMConfig.from_hf_dict(json.loads(file.read_text()), **kwargs)
+    return VLMConfig.from_hf_dict(_read_json(file), **kwargs)
 
 
 def load_vlm(
@@ -300,6 +304,10 @@ def save_vlm(
 ) -> None:
     """Writes ``config.json``, ``generation_config.json`` and safetensors weights to ``path``.
 
+    Atomic: everything is written to a temporary sibling directory that then replaces ``path``
+    (other files already in ``path``, e.g. a tokenizer, are carried over), so a failed write
+    leaves the previous checkpoint loadable.
+
     Weights above ``max_shard_bytes`` are split into ``model-0000i-of-0000n.safetensors`` files
     plus ``model.safetensors.index.json``. Parameters keep their dtype. ``generation_config``
     entries override the defaults (bos/eos/pad ids of the text config). Gathers sharded
@@ -311,10 +319,26 @@ def save_vlm(
     tensors = hf_state_dict(model, config)
     if jax.process_index() != 0:
         return
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in [*path.glob("model*.safetensors"), path / _SHARD_INDEX]:
-        stale.unlink(missing_ok=True)
+    path = Path(path).absolute()
+    fileio.sweep_stale(path.parent, path.name)  # leftovers of an earlier, killed save
+    with fileio.atomic_dir(path) as tmp:
+        _write_checkpoint(Path(tmp), tensors, config, generation_config, max_shard_bytes)
+        if path.is_dir():  # keep what else the directory holds (tokenizer, processor files)
+            for entry in path.iterdir():
+                if not (_is_checkpoint_file(entry.name) or (Path(tmp) / entry.name).exists()):
+                    copy = shutil.copytree if entry.is_dir() else shutil.copy2
+                    copy(entry, Path(tmp) / entry.name)
+
+
+def _is_checkpoint_file(name: str) -> bool:
+    """A file ``save_vlm`` writes (replaced on every save, never carried over)."""
+    return name in ("config.json", "generation_config.json", _SHARD_INDEX) or bool(
+        re.fullmatch(r"model.*\.safetensors", name))
+
+
+def _write_checkpoint(path: Path, tensors: Mapping[str, np.ndarray], config: VLMConfig,
+                      generation_config: Mapping[str, Any] | None, max_shard_bytes: int) -> None:
+    """config.json, generation_config.json and the safetensors shards (+ index) into ``path``."""
     (path / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
     t = config.text
     gen = {

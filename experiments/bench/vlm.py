@@ -39,7 +39,8 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from w2v_jax.generate import SamplingConfig, generate
 from w2v_jax.hf import load_vlm
-from w2v_jax.train.losses.sft import sft_batch
+from w2v_jax.models.vlm.config import hf_config_dict
+from w2v_jax.data.sft_batch import sft_batch
 from w2v_jax.train.trainer import Trainer
 
 _BATCH = flags.DEFINE_integer("batch", 4, "Examples per step / prompts per generate call.")
@@ -58,35 +59,15 @@ PATCH, MERGE = 14, 2
 
 
 def hf_config() -> Qwen2_5_VLConfig:
-    return Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=VOCAB,
-            hidden_size=256,
-            intermediate_size=1024,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            rope_parameters={
-                "rope_type": "default",
-                "rope_theta": 1e6,
-                "mrope_section": [8, 12, 12],
-            },
-        ),
-        vision_config=dict(
-            depth=4,
-            hidden_size=256,
-            intermediate_size=512,
-            num_heads=4,
-            out_hidden_size=256,
-            window_size=112,
-            fullatt_block_indexes=[3],
-        ),
-        image_token_id=IMAGE,
-        video_token_id=VIDEO,
-        vision_start_token_id=V_START,
-        vision_end_token_id=V_END,
-        tie_word_embeddings=False,
-    )
+    """The bench model (text 256 x 4 layers, vision 256 x 4 blocks) with the ids above and no
+    bos/eos (generation never stops early)."""
+    ids = dict(image=IMAGE, video=VIDEO, vision_start=V_START, vision_end=V_END, bos=None,
+               eos=None)
+    return Qwen2_5_VLConfig(**hf_config_dict(
+        vocab_size=VOCAB, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, mrope_section=(8, 12, 12), rope_theta=1e6,
+        vision_depth=4, vision_hidden_size=256, vision_intermediate_size=512, vision_num_heads=4,
+        window_size=112, fullatt_block_indexes=(3,), special_ids=ids))
 
 
 def make_batch(rng: np.random.Generator, batch: int, text: int, px: int) -> dict:

@@ -26,20 +26,24 @@ Reading (random access, returns dicts of numpy arrays; text and bytes fields com
 
 ``source`` plugs into ``w2v_jax.data.pipeline.build_pipeline``. TFDS shuffles examples by key when
 writing, so ``source[i]`` is not the i-th generated example; give examples an ``id`` field if the
-order matters. Writing is atomic (TFDS writes to a temporary directory and renames it), and an
-existing, complete dataset of the same name and version is reused unless ``overwrite=True``.
+order matters. Writing is atomic (the dataset is built in a temporary sibling of
+``data_dir/name/version`` and swapped in with ``w2v_jax.fileio.atomic_dir``), and an existing,
+complete dataset of the same name and version is reused unless ``overwrite=True`` (which replaces
+it only once the new one is complete).
 """
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shutil
-import tempfile
 import types
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
+
+from w2v_jax import fileio
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -125,37 +129,6 @@ def _builder_class(name: str, version: str, description: str, features, splits):
     )
 
 
-@contextlib.contextmanager
-def atomic_dir(out_dir: str) -> Iterator[str]:
-    """Yields a fresh temporary sibling directory of ``out_dir`` to write into.
-
-    On success the temporary directory replaces ``out_dir``. An existing ``out_dir`` is moved
-    aside first, deleted only after the rename, and put back if the rename fails. On any error
-    the temporary directory is deleted and ``out_dir`` is left as it was.
-    """
-    out_dir = os.path.abspath(out_dir)
-    parent, base = os.path.dirname(out_dir), os.path.basename(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
-    try:
-        yield tmp
-        if os.path.exists(out_dir):
-            old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
-            os.replace(out_dir, os.path.join(old, "previous"))
-            try:
-                os.replace(tmp, out_dir)
-            except BaseException:
-                os.replace(os.path.join(old, "previous"), out_dir)
-                raise
-            finally:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def write_dataset(
     data_dir: str,
     name: str,
@@ -178,21 +151,26 @@ def write_dataset(
         raise ValueError("splits is empty")
     feats = _check_features(features)
     builder_dir = os.path.join(os.path.abspath(data_dir), name, version)
-    if os.path.exists(os.path.join(builder_dir, "dataset_info.json")):
-        if not overwrite:
-            return builder_dir
-        shutil.rmtree(builder_dir)
+    if os.path.exists(os.path.join(builder_dir, "dataset_info.json")) and not overwrite:
+        return builder_dir
     cls = _builder_class(name, version, description, feats, dict(splits))
-    builder = cls(data_dir=os.path.abspath(data_dir), file_format="array_record")
     tfds = _tfds()
     from tensorflow_datasets.core.utils import tqdm_utils
 
     shown = getattr(tqdm_utils, "_active", True)
-    tfds.display_progress_bar(False)
-    try:
-        builder.download_and_prepare()
-    finally:
-        tfds.display_progress_bar(shown)
+    fileio.sweep_stale(os.path.dirname(builder_dir), version)
+    with fileio.atomic_dir(builder_dir) as tmp:
+        staging = os.path.join(tmp, "staging")  # TFDS writes staging/name/version (+ downloads/)
+        tfds.display_progress_bar(False)
+        try:  # TFDS prints its (temporary) target directory; callers report the final one
+            with contextlib.redirect_stdout(io.StringIO()):
+                cls(data_dir=staging, file_format="array_record").download_and_prepare()
+        finally:
+            tfds.display_progress_bar(shown)
+        built = os.path.join(staging, name, version)
+        for entry in os.listdir(built):
+            os.replace(os.path.join(built, entry), os.path.join(tmp, entry))
+        shutil.rmtree(staging)
     return builder_dir
 
 

@@ -21,6 +21,7 @@ processing follows `w2v_jax.processing` (Qwen2.5-VL's processor and chat templat
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,10 +30,15 @@ import numpy as np
 from w2v_jax.data import array_record, pipeline
 from w2v_jax.processing.chat import collate, encode_record, split_answer
 from w2v_jax.processing.image import ImageConfig, smart_resize
-from w2v_jax.supervision.package import builder_dir
-from w2v_jax.train.losses.sft import target_positions
+from w2v_jax.data.sft_batch import target_positions
 
 MAX_IMAGES = 2
+DATASET_NAME, VERSION = "world2vlm_distill", "1.0.0"  # the package's TFDS name and version
+
+
+def builder_dir(package_dir: str) -> str:
+    """The TFDS directory of a package: package_dir/world2vlm_distill/1.0.0."""
+    return os.path.join(os.path.abspath(package_dir), DATASET_NAME, VERSION)
 
 
 def open_split(package_dir: str, split: str):

@@ -18,7 +18,7 @@ Grain's ``shuffle`` seeds epoch e with ``seed + e``), repeated, then process ``p
 positions ``p, p+P, ...`` — the processes read disjoint rows of the same global order.
 
 Malformed records: reading, checking against ``spec`` (missing field, shape, dtype kind) and
-``transform`` run inside a guard; a failure becomes ``MalformedRecordError`` naming the source
+``transform`` (a plain function or a Grain ``RandomMap``) run inside a guard; a failure becomes ``MalformedRecordError`` naming the source
 record index and the field (``"<record>"`` when the stored bytes cannot be decoded,
 ``"<transform>"`` when the transform fails without naming a field). With
 ``skip_malformed=False`` (default) iteration raises it; with ``True`` the record is dropped and
@@ -118,6 +118,25 @@ class _ReadTransform:
             return _Malformed(index, "<transform>", f"{type(e).__name__}: {e}")
 
 
+class _ReadRandomTransform(grain.transforms.RandomMap):
+    """index, rng -> ``transform.random_map(record, rng)`` or a ``_Malformed`` (picklable)."""
+
+    def __init__(self, source, spec, transform: grain.transforms.RandomMap):
+        self.read = _ReadTransform(source, spec, None)
+        self.transform = transform
+
+    def random_map(self, index, rng: np.random.Generator):
+        record = self.read(index)
+        if isinstance(record, _Malformed):
+            return record
+        try:
+            return self.transform.random_map(record, rng)
+        except MalformedRecordError as e:
+            return _Malformed(int(index), e.field, e.reason)
+        except Exception as e:  # noqa: BLE001
+            return _Malformed(int(index), "<transform>", f"{type(e).__name__}: {e}")
+
+
 class PaddedBatchDataset(grain.IterDataset):
     """Batches examples (dicts of arrays) into ``[batch_size, ...]`` + ``example_mask``;
     raises or skips-and-counts ``_Malformed`` elements."""
@@ -200,6 +219,9 @@ def build_pipeline(
 
     ``source``: random access (``len``, ``[i]``), e.g. ``array_record.open_split(...)``.
     ``batch_size``: rows per process per batch (global batch / process count).
+    ``transform``: ``record -> example``, or a ``grain.transforms.RandomMap`` whose
+    ``random_map(record, rng)`` draws from Grain's per-element generator (seeded by ``seed``
+    and the element's position, as ``MapDataset.random_map`` does); both run inside the guard.
     """
     if batch_size < 1:
         raise ValueError(f"data.batch_size={batch_size} must be >= 1")
@@ -220,7 +242,10 @@ def build_pipeline(
     ds = ds.repeat(num_epochs)
     if pc > 1:
         ds = ds[pi::pc]
-    ds = ds.map(_ReadTransform(source, dict(spec or {}), transform))
+    if isinstance(transform, grain.transforms.RandomMap):
+        ds = ds.random_map(_ReadRandomTransform(source, dict(spec or {}), transform), seed=seed)
+    else:
+        ds = ds.map(_ReadTransform(source, dict(spec or {}), transform))
     it_ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch)
     )

@@ -8,20 +8,19 @@ data_dir=OUT, split=...)``; both give a random-access source for ``grain.MapData
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import shutil
 
 import numpy as np
 
+from w2v_jax import fileio
 from w2v_jax.data import array_record as ar
 from w2v_jax.sim import clips as sim_clips
 from w2v_jax.sim.clips import ClipConfig
 
 DATASET_NAME = "posed_clips"
 VERSION = "1.0.0"
+GENERATION_FILE = "generation.json"  # marks a directory written by write_clips
 
 
 def features(config: ClipConfig) -> dict:
@@ -71,21 +70,21 @@ def write_clips(
 
     The TFDS files are written by ``w2v_jax.data.array_record.write_dataset`` into a temporary
     sibling directory that replaces ``out_dir`` only at the end, so a failed run leaves nothing
-    behind. Raises FileExistsError when ``out_dir`` exists and is not empty, unless ``overwrite``.
-    Returns ``{"path", "builder_dir", "splits": {name: clips}, "scene_seeds": {name: [...]}}``.
+    behind (temporaries of an earlier, killed run are swept first). Raises FileExistsError when
+    ``out_dir`` exists and is not empty, unless ``overwrite``; even then only a directory this
+    function wrote (holding ``generation.json``) is replaced (ValueError otherwise), and a render
+    that would not fit in memory is refused first (``sim.clips.check_render_memory``). Returns
+    ``{"path", "builder_dir", "splits": {name: clips}, "scene_seeds": {name: [...]}}``.
     """
     from tqdm.auto import tqdm
 
     out_dir = os.path.abspath(out_dir)
-    exists = os.path.exists(out_dir)
-    if exists and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
-        raise FileExistsError(
-            f"--out {out_dir} already exists and is not empty; pass --overwrite "
-            "(overwrite=True) to replace it"
-        )
+    check_out_dir(out_dir, overwrite)
+    sim_clips.check_render_memory(config)
+    fileio.sweep_stale(os.path.dirname(out_dir), os.path.basename(out_dir))
     train, evals = sim_clips.split_scenes(sim_clips.scene_seeds(seed, num_scenes), eval_fraction, seed)
     splits = {"train": train, "eval": evals}
-    with ar.atomic_dir(out_dir) as tmp:
+    with fileio.atomic_dir(out_dir) as tmp:
         with tqdm(
             total=num_scenes, desc="render scenes", unit="scene", disable=not progress
         ) as bar:
@@ -98,21 +97,18 @@ def write_clips(
 
                 return generate
 
-            # TFDS prints its (temporary) target directory; the caller reports the final one
-            with contextlib.redirect_stdout(io.StringIO()):
-                ar.write_dataset(
-                    tmp,
-                    DATASET_NAME,
-                    features(config),
-                    {name: examples(s) for name, s in splits.items() if s},
-                    version=VERSION,
-                    description="Procedural rooms rendered along World2VLM trajectories "
-                    "(w2v_jax.sim.clips, w2v_jax.data.posed_clips). Options: " + json.dumps(config.to_json()),
-                )
-        shutil.rmtree(os.path.join(tmp, "downloads"), ignore_errors=True)
+            ar.write_dataset(
+                tmp,
+                DATASET_NAME,
+                features(config),
+                {name: examples(s) for name, s in splits.items() if s},
+                version=VERSION,
+                description="Procedural rooms rendered along World2VLM trajectories "
+                "(w2v_jax.sim.clips, w2v_jax.data.posed_clips). Options: " + json.dumps(config.to_json()),
+            )
         tmp_builder = os.path.join(tmp, DATASET_NAME, VERSION)
         counts = {name: len(ar.open_split(tmp_builder, name)) for name, s in splits.items() if s}
-        with open(os.path.join(tmp, "generation.json"), "w") as f:
+        with open(os.path.join(tmp, GENERATION_FILE), "w") as f:
             json.dump(
                 dict(
                     dataset=DATASET_NAME,
@@ -128,6 +124,18 @@ def write_clips(
                 indent=1,
             )
     return dict(path=out_dir, builder_dir=builder_dir(out_dir), splits=counts, scene_seeds=splits)
+
+
+def check_out_dir(out_dir: str, overwrite: bool) -> None:
+    """FileExistsError when ``out_dir`` is a non-empty path and not ``overwrite``; ValueError when
+    it is one that ``write_clips`` did not write (no generation.json) even with ``overwrite``."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.lexists(out_dir) and not overwrite and (
+            not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise FileExistsError(f"--out {out_dir} already exists and is not empty; pass --overwrite "
+                              "(overwrite=True) to replace it")
+    if overwrite:
+        fileio.check_replaceable(out_dir, GENERATION_FILE)
 
 
 def builder_dir(out_dir: str) -> str:

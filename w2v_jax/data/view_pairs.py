@@ -20,21 +20,19 @@ Example (B examples per batch)::
     {"source": (B, M, H, W, 3) f32 in [-1, 1], "target": (B, N, H, W, 3) f32 in [-1, 1],
      "plucker_src": (B, M, H, W, 6), "plucker_tgt": (B, N, H, W, 6),
      "rel_src": (B, M, 4, 4), "rel_tgt": (B, N, 4, 4), "K": (B, 3, 3), "example_mask": (B,) bool}
-
-plus, with ``with_geometry=True``, ``depth_src``/``depth_tgt`` (B, V, H, W) metres and
-``instance_src``/``instance_tgt`` (B, V, H, W) int32 (posed clips only).
 """
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import grain
 import numpy as np
 
 from w2v_jax import geometry
 from w2v_jax.data import realestate10k
+from w2v_jax.data import pipeline
 
 FLIP = np.diag([-1.0, 1.0, 1.0, 1.0]).astype(np.float32)
 
@@ -71,7 +69,6 @@ class PairConfig:
     first_source_prob: float = 0.5
     last_target_prob: float = 0.5
     flip_prob: float = 0.0
-    with_geometry: bool = False
     image_size: int = 0  # 0 = the clip's own size; else an integer-factor area downsample
 
     def __post_init__(self):
@@ -125,11 +122,11 @@ def downsample(frames, factor: int) -> np.ndarray:
 
 
 def make_example(clip: Mapping[str, Any], sources, targets, flip: bool = False,
-                 with_geometry: bool = False, image_size: int = 0) -> dict:
+                 image_size: int = 0) -> dict:
     """The training example of frames ``sources`` / ``targets`` of ``clip`` (module docstring).
 
     ``image_size`` > 0 area-downsamples the frames by the integer factor ``H / image_size`` (and
-    scales K); geometry outputs need the clip's own size.
+    scales K).
     """
     frames = np.asarray(clip["frames"])
     h, w = frames.shape[1:3]
@@ -138,9 +135,6 @@ def make_example(clip: Mapping[str, Any], sources, targets, flip: bool = False,
         factor = h // image_size
         if h != w or h % image_size:
             raise ValueError(f"image_size={image_size} must divide the square clip size {h}x{w}")
-        if with_geometry:
-            raise ValueError(f"with_geometry needs the clip's own size {h}, got image_size="
-                             f"{image_size}")
         frames = downsample(frames, factor)
         K = geometry.scale_intrinsics(K, 1.0 / factor).astype(np.float32)
         h = w = image_size
@@ -162,17 +156,6 @@ def make_example(clip: Mapping[str, Any], sources, targets, flip: bool = False,
         "K": K,
         "example_mask": np.bool_(True),
     }
-    if with_geometry:
-        for name, field, dtype in (("depth", "depth", np.float32),
-                                   ("instance", "instance", np.int32)):
-            if field not in clip:
-                raise ValueError(
-                    f"with_geometry needs clip field {field!r}; clip has {sorted(clip)}")
-            data = np.asarray(clip[field]).astype(dtype)
-            if flip:
-                data = data[:, :, ::-1]
-            out[f"{name}_src"] = np.ascontiguousarray(data[sources])
-            out[f"{name}_tgt"] = np.ascontiguousarray(data[targets])
     return out
 
 
@@ -186,36 +169,29 @@ class PairTransform(grain.transforms.RandomMap):
         n = int(clip["num_frames"])
         sources, targets = choose_views(n, self.config, rng)
         flip = bool(rng.random() < self.config.flip_prob)
-        return make_example(clip, sources, targets, flip, self.config.with_geometry,
-                            self.config.image_size)
+        return make_example(clip, sources, targets, flip, self.config.image_size)
 
 
 def pair_dataset(source, *, batch_size: int, config: PairConfig = PairConfig(), seed: int = 0,
                  shuffle: bool = True, num_epochs: int | None = None, process_index: int = 0,
                  process_count: int = 1, drop_remainder: bool = True, read_threads: int = 2,
-                 prefetch: int = 8) -> grain.IterDataset:
+                 prefetch: int = 8, skip_malformed: bool = False) -> grain.IterDataset:
     """Checkpointable Grain ``IterDataset`` of example batches for this process.
 
     ``source``: random-access clips (posed-clip split or :class:`RealEstate10KSource`). Order: a
     seeded shuffle of the clips per epoch, repeated ``num_epochs`` times (None = forever), process
-    ``p`` of ``P`` takes positions ``p, p+P, ...``; each visit of a clip draws fresh views.
+    ``p`` of ``P`` takes positions ``p, p+P, ...``; each visit of a clip draws fresh views. Clip
+    reads run in ``pipeline.build_pipeline``'s guard: a clip that cannot be read or turned into
+    an example raises ``MalformedRecordError`` naming it, or is skipped and counted with
+    ``skip_malformed``.
     """
-    if batch_size < 1:
-        raise ValueError(f"data.batch_size={batch_size} must be >= 1")
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} must be in [0, {process_count})")
     if len(source) == 0:
         raise ValueError("the clip source is empty")
-    ds = grain.MapDataset.source(source)
-    if shuffle:
-        ds = ds.shuffle(seed=seed)
-    ds = ds.repeat(num_epochs)
-    if process_count > 1:
-        ds = ds[process_index::process_count]
-    ds = ds.random_map(PairTransform(config), seed=seed)
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                              prefetch_buffer_size=prefetch))
-    return ds.batch(batch_size, drop_remainder=drop_remainder)
+    return pipeline.build_pipeline(
+        source, batch_size=batch_size, transform=PairTransform(config), seed=seed,
+        shuffle=shuffle, num_epochs=num_epochs, process_index=process_index,
+        process_count=process_count, drop_remainder=drop_remainder,
+        skip_malformed=skip_malformed, read_threads=read_threads, prefetch=prefetch)
 
 
 # ----------------------------------------------------------------------------- launcher builder
@@ -254,18 +230,19 @@ def from_config(data_cfg, *, workdir, batch_size, seed, process_index, process_c
     train = pair_dataset(open_source(data_cfg, data_cfg.get("train_split", "train")),
                          batch_size=batch_size, config=pair_config(data_cfg), seed=seed,
                          process_index=process_index, process_count=process_count,
-                         read_threads=data_cfg.get("read_threads", 2))
-    eval_fn = None
+                         read_threads=data_cfg.get("read_threads", 2),
+                         skip_malformed=data_cfg.get("skip_malformed", False))
     num_eval = int(data_cfg.get("num_eval_batches", 0))
-    if num_eval:
-        eval_source = open_source(data_cfg, data_cfg.get("eval_split", "eval"))
+    if not num_eval:
+        return train, None
+    eval_source = open_source(data_cfg, data_cfg.get("eval_split", "eval"))
 
-        def eval_fn():
-            ds = pair_dataset(eval_source, batch_size=batch_size,
-                              config=pair_config(data_cfg, flip_prob=0.0), seed=seed + 1,
-                              shuffle=True, num_epochs=None, process_index=process_index,
-                              process_count=process_count)
-            it = iter(ds)
-            return [next(it) for _ in range(num_eval)]
+    def eval_fn():
+        ds = pair_dataset(eval_source, batch_size=batch_size,
+                          config=pair_config(data_cfg, flip_prob=0.0), seed=seed + 1,
+                          shuffle=True, num_epochs=None, process_index=process_index,
+                          process_count=process_count)
+        it = iter(ds)
+        return [next(it) for _ in range(num_eval)]
 
     return train, eval_fn

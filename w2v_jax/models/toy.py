@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from w2v_jax.config_parsing import dataclass_from_dict
 from w2v_jax.sharding import with_logical_constraint
 
 _init = nnx.initializers
@@ -165,7 +166,7 @@ def matmul_flops_per_token(cfg: ToyLMConfig, seq_len: int) -> float:
 def from_config(model_config) -> "callable":
     """Factory for the launcher: ``model_config`` (dict-like with ToyLMConfig fields + ``seed``)
     -> a zero-argument constructor for ``create_sharded``."""
-    fields = {f.name for f in dataclasses.fields(ToyLMConfig)}
-    cfg = ToyLMConfig(**{k: v for k, v in dict(model_config).items() if k in fields})
+    cfg = dataclass_from_dict(ToyLMConfig, model_config, where="config.model",
+                              ignore=("name", "seed"))
     seed = int(dict(model_config).get("seed", 0))
     return lambda: ToyLM(cfg, rngs=nnx.Rngs(seed))

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from w2v_jax import fileio
 from w2v_jax.processing.image import ImageConfig, num_image_tokens, preprocess_images
 from w2v_jax.processing.rope_index import get_rope_index
 from w2v_jax.processing.tokenizer import special_token_ids
@@ -240,8 +241,9 @@ def encode_record(
     **kwargs: Any,
 ) -> dict[str, np.ndarray]:
     """ms-swift record ``{"messages": [...], "images": [...]}`` (or a GRPO record ``{"prompt": ...,
-    "images": [...]}``) -> ``encode_conversation`` output. Relative image paths are resolved
-    against ``image_root``. For a sampling prompt use ``add_generation_prompt=True`` on a record
+    "images": [...]}``) -> ``encode_conversation`` output. With ``image_root``, image paths are
+    relative to it and must resolve inside it (no ``..``, absolute paths or symlinks out): else
+    ValueError naming the record's ``id`` and the image index. For a sampling prompt use ``add_generation_prompt=True`` on a record
     without the answer (see ``split_answer``)."""
     messages = _record_messages(record)
     if add_generation_prompt and messages and messages[-1].get("role") == "assistant":
@@ -251,11 +253,11 @@ def encode_record(
         )
     images = list(record.get("images") or [])
     if image_root is not None:
+        name = record.get("id", "<no id>")
         images = [
-            os.path.join(image_root, im)
-            if isinstance(im, (str, os.PathLike)) and not os.path.isabs(im)
-            else im
-            for im in images
+            fileio.resolve_inside(image_root, im, f"record {name!r} images[{i}]")
+            if isinstance(im, (str, os.PathLike)) else im
+            for i, im in enumerate(images)
         ]
     return encode_conversation(
         messages, images, tokenizer, add_generation_prompt=add_generation_prompt, **kwargs

@@ -110,6 +110,21 @@ def _array_to_rgb(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def to_unit_float(image: Any, dtype: Any = np.float64) -> np.ndarray:
+    """An RGB view (H, W, 3), uint8 or float in [0, 1], as floats in [0, 1] of ``dtype``.
+
+    ValueError for another shape, or a float image with values outside [0, 1] or non-finite."""
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[-1] != 3:
+        raise ValueError(f"image must be (H, W, 3), got shape {img.shape}")
+    if img.dtype == np.uint8:
+        return img.astype(dtype) / 255.0
+    img = img.astype(dtype)
+    if not np.all(np.isfinite(img)) or img.min() < -1e-6 or img.max() > 1 + 1e-6:
+        raise ValueError("a float image must hold finite values in [0, 1]")
+    return img
+
+
 def load_image(image: Any) -> np.ndarray:
     """Any supported image input -> uint8 RGB array (H, W, 3).
 

@@ -5,7 +5,7 @@
 The posed-clip dataset writer lives in ``w2v_jax.sim.clips`` (imported on demand: it pulls in TFDS).
 """
 
-from w2v_jax.sim.render import render, render_batch, render_views
+from w2v_jax.sim.render import render, render_batch, render_cameras, render_views
 from w2v_jax.sim.scene import (
     COLORS,
     PALETTE,
@@ -34,6 +34,7 @@ __all__ = [
     "object_names",
     "render",
     "render_batch",
+    "render_cameras",
     "render_views",
     "sample_camera",
     "sample_scene",

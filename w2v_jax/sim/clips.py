@@ -1,4 +1,4 @@
-"""Posed clips: procedural scenes x trajectories, rendered and written as TFDS array_record.
+"""Plan and render posed clips: procedural scenes x trajectories (stored by ``data.posed_clips``).
 
 One clip = one scene, one start camera, one trajectory (``actions.sample_scene_trajectories``: every
 trajectory kind once per scene). All frames of the integrated trajectory are rendered; a clip is
@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Sequence
 
 import numpy as np
 
 from w2v_jax import actions, geometry
 from w2v_jax.sim import scene as scene_lib
-from w2v_jax.sim.render import render_views
+from w2v_jax.sim.render import render_cameras
 
 @dataclasses.dataclass(frozen=True)
 class ClipConfig:
@@ -79,16 +80,45 @@ class ClipConfig:
         return d
 
 
+# Peak host memory per ray of one render call, with margin (measured: one scene rendered at 64
+# and at 128 px, supersample 2, render_chunk 32, differ by ~120 B per extra ray in max RSS).
+RENDER_BYTES_PER_RAY = 160
+
+
+def render_memory_bytes(config: ClipConfig) -> int:
+    """Estimated peak bytes of one render call: render_chunk cameras x (resolution x
+    supersample)^2 rays."""
+    return config.render_chunk * (config.resolution * config.supersample) ** 2 * RENDER_BYTES_PER_RAY
+
+
+def check_render_memory(config: ClipConfig, available_bytes: int | None = None) -> None:
+    """ValueError before any rendering when one render call would need more than
+    ``available_bytes`` (default: this machine's physical memory)."""
+    if available_bytes is None:
+        available_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    need = render_memory_bytes(config)
+    if need > available_bytes:
+        raise ValueError(
+            f"resolution={config.resolution} (supersample {config.supersample}, render_chunk "
+            f"{config.render_chunk}) needs ~{need / 2**30:.1f} GiB per render call; this machine "
+            f"has {available_bytes / 2**30:.1f} GiB: lower the resolution or the supersampling")
+
+
 # ------------------------------------------------------------------------- seeds and splits
 
 
-def scene_seeds(seed: int, num_scenes: int) -> list[int]:
-    """``num_scenes`` distinct scene seeds (uint32) derived from the run ``seed``."""
-    if num_scenes < 1:
-        raise ValueError(f"num_scenes must be >= 1, got {num_scenes}")
+def scene_seeds(seed: int, num_scenes: int, stream: int | None = None) -> list[int]:
+    """``num_scenes`` distinct scene seeds (uint32) derived from the run ``seed``.
+
+    ``stream`` selects an independent sequence for another use of the same run seed (the posed
+    clips use ``None``; the distillation set ``supervision.build.SCENE_STREAM``), so scenes of
+    different datasets built with one ``--seed`` differ."""
+    if isinstance(num_scenes, bool) or int(num_scenes) != num_scenes or num_scenes < 1:
+        raise ValueError(f"num_scenes must be an integer >= 1, got {num_scenes!r}")
+    tag = [] if stream is None else [int(stream)]
     seeds, out, i = set(), [], 0
     while len(out) < num_scenes:
-        s = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
+        s = int(np.random.SeedSequence([int(seed), i] + tag).generate_state(1)[0])
         i += 1
         if s not in seeds:
             seeds.add(s)
@@ -165,24 +195,6 @@ def plan_clip(
     )
 
 
-def _render_all(scene, c2ws: np.ndarray, config: ClipConfig) -> dict:
-    """Render (N,4,4) cameras in fixed-size chunks (one compilation); numpy outputs, leading N."""
-    n, chunk = len(c2ws), config.render_chunk
-    padded = np.concatenate([c2ws, np.repeat(c2ws[-1:], (-n) % chunk, 0)])
-    parts = []
-    for start in range(0, len(padded), chunk):
-        out = render_views(
-            scene,
-            padded[start : start + chunk],
-            config.K,
-            config.resolution,
-            config.resolution,
-            config.supersample,
-        )
-        parts.append({k: np.asarray(v) for k, v in out.items()})
-    return {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
-
-
 def _pad(x: np.ndarray, length: int, fill) -> np.ndarray:
     pad = np.full((length - len(x),) + x.shape[1:], fill, x.dtype)
     return np.concatenate([x, pad])
@@ -200,7 +212,9 @@ def make_scene_clips(scene_seed: int, config: ClipConfig) -> list[dict]:
         traj, poses, keys = plan_clip(scene, scene_seed, index, traj.kind, config)
         kept = select_frames(len(poses), keys, config.max_frames)
         plans.append((traj, poses[kept], kept, [int(np.searchsorted(kept, k)) for k in keys]))
-    views = _render_all(scene, np.concatenate([p[1] for p in plans]), config)
+    views = render_cameras(scene, np.concatenate([p[1] for p in plans]), config.K,
+                           config.resolution, config.resolution, config.supersample,
+                           config.render_chunk)
     clips, start = [], 0
     T = config.max_frames
     for traj, c2w, kept, keys in plans:

@@ -383,6 +383,23 @@ def render_views(scene: Scene, c2ws, K, height: int, width: int, supersample: in
     return _render("views", scene, c2ws, K, height, width, supersample)
 
 
+def render_cameras(scene: Scene, c2ws, K, height: int, width: int, supersample: int = 1,
+                   chunk: int = 16) -> dict:
+    """:func:`render_views` of N cameras in fixed-size chunks of ``chunk`` (the last one padded
+    by repeating its final camera), so every call compiles once per process whatever N is.
+    Numpy outputs with leading N."""
+    c2ws = np.asarray(c2ws, np.float32)
+    if c2ws.ndim != 3 or c2ws.shape[1:] != (4, 4) or not len(c2ws):
+        raise ValueError(f"c2ws must be (N, 4, 4) with N >= 1, got shape {c2ws.shape}")
+    n = len(c2ws)
+    padded = np.concatenate([c2ws, np.repeat(c2ws[-1:], (-n) % chunk, 0)])
+    parts = []
+    for start in range(0, len(padded), chunk):
+        out = render_views(scene, padded[start:start + chunk], K, height, width, supersample)
+        parts.append({k: np.asarray(v) for k, v in out.items()})
+    return {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+
+
 def render_batch(scenes: Scene, c2ws, K, height: int, width: int, supersample: int = 1) -> dict:
     """B scenes (a Scene with leading axis B, see ``stack_scenes``), each from its own camera
     ``c2ws`` (B,4,4) or cameras (B,N,4,4); outputs of :func:`render` with leading (B,) or (B,N)."""

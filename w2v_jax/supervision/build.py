@@ -4,11 +4,9 @@ One scene (`build_scene`):
   1. `sim.sample_scene(scene_seed)`; every trajectory kind of the room config once
      (`sim.clips.plan_clip`: the same collision-free start cameras and grids as the posed clips the
      world model is trained on).
-  2. The source view is the true render at the start camera. The teacher gives the views at the
-     trajectory's key frames (the end of every action; the last one is the end of the trajectory):
-     `teacher=None` is the renderer oracle (true renders, bit-identical to
-     `models.world_model.RendererTeacher`), otherwise any callable with the `imagine` signature
-     `teacher(image, K, actions, *, steps, cfg, seed, key_frames=True) -> (V, H, W, 3)`.
+  2. The source view is the true render at the start camera. The teacher (required; the seam of
+     `supervision.teachers`: the renderer oracle or the world model) gives the views at the
+     trajectory's key frames (the end of every action; the last one is the end of the trajectory).
      Views are stored as uint8; everything downstream sees exactly the stored pixels.
   3. QC (`qc.check_views`) on [source, key views]; a failing trajectory is dropped whole.
   4. Detection on the first and last frame: `detector="oracle"` reads the renderer's truth of the
@@ -35,19 +33,19 @@ import dataclasses
 import json
 import os
 import random
-import shutil
-import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from w2v_jax import actions as actions_lib
+from w2v_jax import fileio
+from w2v_jax.geometry import box_iou
 from w2v_jax.sim import clips as clips_lib
 from w2v_jax.sim import scene as scene_lib
-from w2v_jax.sim.render import render_views
+from w2v_jax.sim.render import render_cameras
 from w2v_jax.supervision import detect, qc, tasks
-from w2v_jax.supervision.detect import box_iou
+from w2v_jax.supervision.teachers import RENDERER, Teacher
 
 DETECTORS = ("oracle", "color")
 TASK_TYPES = ("A1", "A2", "A3", "A4", "D1", "D2", "D3", "D4")
@@ -58,33 +56,22 @@ SHARD_FILE = "scene.json"
 class BuildConfig:
     """Static options of a supervision build.
 
-    resolution / hfov_deg / supersample: rendered views (square, pixels; degrees; rays per pixel
-      side). With a world-model teacher, resolution must be the model's image size.
-    num_objects / max_objects: objects per scene (min, max) and object slots.
-    trajectory: grids of the sampled trajectories (every kind once per scene).
+    clip: scenes, cameras and trajectories (`sim.clips.ClipConfig`: the same ones the posed clips
+      of the world model use; its resolution / hfov / supersample are the rendered views'). With a
+      world-model teacher, `clip.resolution` must be the model's image size.
     key_frames: ask the teacher for every key frame (else only the last view).
     detector: "oracle" (renderer truth) or "color" (images only); vocabulary: label words
       (`detect.VOCABULARIES`). filter: the official detection filter. qc: QC thresholds.
-    teacher_steps / teacher_cfg: sampler settings passed to a model teacher.
     fidelity: also build oracle D records from true renders when the pipeline is not the oracle.
-    render_chunk: cameras per jitted render call (one compilation per process).
     """
 
-    resolution: int = 64
-    hfov_deg: float = 90.0
-    supersample: int = 2
-    num_objects: tuple[int, int] = (3, 10)
-    max_objects: int = 10
-    trajectory: actions_lib.TrajectoryConfig = actions_lib.TrajectoryConfig.room()
+    clip: clips_lib.ClipConfig = clips_lib.ClipConfig(render_chunk=16)
     key_frames: bool = True
     detector: str = "oracle"
     vocabulary: str = "shape"
     filter: tasks.DetectionFilter = tasks.DetectionFilter()
     qc: qc.QCConfig = qc.QCConfig()
-    teacher_steps: int = 25
-    teacher_cfg: float = 1.0
     fidelity: bool = True
-    render_chunk: int = 16
 
     def __post_init__(self):
         if self.detector not in DETECTORS:
@@ -93,71 +80,92 @@ class BuildConfig:
         if self.vocabulary not in detect.VOCABULARIES:
             raise ValueError(f"BuildConfig.vocabulary must be one of {detect.VOCABULARIES}, got "
                              f"{self.vocabulary!r}")
-        for name in ("resolution", "supersample", "max_objects", "render_chunk", "teacher_steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or int(v) != v or v < 1:
-                raise ValueError(f"BuildConfig.{name} must be a positive integer, got {v!r}")
 
-    def clip_config(self) -> clips_lib.ClipConfig:
-        """The posed-clip options with the same scenes, cameras and trajectories."""
-        return clips_lib.ClipConfig(
-            resolution=self.resolution, hfov_deg=self.hfov_deg, supersample=self.supersample,
-            max_objects=self.max_objects, num_objects=tuple(self.num_objects),
-            trajectory=self.trajectory)
 
-    def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["trajectory"] = repr(self.trajectory)
-        d["num_objects"] = list(self.num_objects)
-        return d
+SCENE_STREAM = 0xD157  # `sim.clips.scene_seeds` stream of the distillation scenes
 
 
 def scene_seeds(seed: int, num_scenes: int) -> list[int]:
-    """`num_scenes` distinct uint32 scene seeds for a build with run `seed`. They are drawn from
-    another stream than `sim.clips.scene_seeds`, so the distillation scenes differ from the posed
-    clips a world model was trained on with the same --seed."""
-    if int(num_scenes) != num_scenes or num_scenes < 1:
-        raise ValueError(f"num_scenes must be an integer >= 1, got {num_scenes!r}")
-    out, seen, i = [], set(), 0
-    while len(out) < num_scenes:
-        s = int(np.random.SeedSequence([int(seed), i, 0xD157]).generate_state(1)[0])
-        i += 1
-        if s not in seen:
-            seen.add(s)
-            out.append(s)
-    return out
+    """`num_scenes` distinct scene seeds of a build with run `seed`: `sim.clips.scene_seeds` on
+    stream `SCENE_STREAM`, so the distillation scenes differ from the posed clips a world model
+    was trained on with the same --seed."""
+    return clips_lib.scene_seeds(seed, num_scenes, stream=SCENE_STREAM)
 
 
 def scene_id(scene_seed: int) -> str:
     return f"{int(scene_seed):010d}"
 
 
-def _to_uint8(views) -> np.ndarray:
+def to_uint8(views) -> np.ndarray:
+    """Views as stored: uint8 kept, floats in [0, 1] rounded to uint8."""
     v = np.asarray(views)
     if v.dtype == np.uint8:
         return v
     return np.round(np.clip(v.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def _render_all(scene, c2ws: np.ndarray, config: BuildConfig) -> dict:
-    """True renders of (N, 4, 4) cameras in fixed-size chunks; numpy outputs with leading N."""
-    n, chunk = len(c2ws), config.render_chunk
-    padded = np.concatenate([c2ws, np.repeat(c2ws[-1:], (-n) % chunk, 0)])
-    K = config.clip_config().K
-    parts = []
-    for start in range(0, len(padded), chunk):
-        out = render_views(scene, padded[start:start + chunk], K, config.resolution,
-                           config.resolution, config.supersample)
-        parts.append({k: np.asarray(v) for k, v in out.items()})
-    return {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+@dataclasses.dataclass(frozen=True)
+class TrajectoryPlan:
+    """One trajectory of a scene: `c2w` (F, 4, 4) world poses of its stored frames `frame_ids`
+    (0 = the source view, then the key frames the teacher is asked for)."""
+
+    index: int
+    trajectory: actions_lib.Trajectory
+    c2w: np.ndarray
+    frame_ids: list[int]
 
 
-def _detect_pair(oracle, color, first_image, last_image, first_render, last_render,
-                 detector: str):
-    """Tracked detections of the first and last frame, before QC."""
-    if detector == "oracle":
-        return oracle.detect(first_render), oracle.detect(last_render)
-    return detect.match_instances(color.detect(first_image), color.detect(last_image))
+def plan_scene(scene_seed: int, config: BuildConfig) -> tuple[Any, list[TrajectoryPlan]]:
+    """Step 1: the scene and every trajectory kind of the room config once, planned exactly as
+    the posed clips (`sim.clips.plan_clip`: collision-free start cameras and grids)."""
+    ccfg = config.clip
+    scene = scene_lib.sample_scene(int(scene_seed), num_objects=tuple(ccfg.num_objects),
+                                   max_objects=ccfg.max_objects)
+    plans = []
+    traj_rng = np.random.default_rng([int(scene_seed), 7])
+    for index, traj in enumerate(actions_lib.sample_scene_trajectories(traj_rng, ccfg.trajectory)):
+        traj, poses, keys = clips_lib.plan_clip(scene, int(scene_seed), index, traj.kind, ccfg)
+        frame_ids = list(keys) if config.key_frames else [keys[0], keys[-1]]
+        plans.append(TrajectoryPlan(index, traj, poses[frame_ids], [int(f) for f in frame_ids]))
+    return scene, plans
+
+
+def render_truth(scene, plans: Sequence[TrajectoryPlan], config: BuildConfig) -> list[dict]:
+    """Step 2: true renders (rgb, instance, boxes, ...) of every plan's frames, all cameras of the
+    scene in fixed-size chunks; one dict of numpy arrays with leading F per plan."""
+    c = config.clip
+    truth = render_cameras(scene, np.concatenate([p.c2w for p in plans]), c.K, c.resolution,
+                           c.resolution, c.supersample, c.render_chunk)
+    out, start = [], 0
+    for p in plans:
+        out.append({k: x[start:start + len(p.frame_ids)] for k, x in truth.items()})
+        start += len(p.frame_ids)
+    return out
+
+
+def teacher_frames(teacher: Teacher, scene, plan: TrajectoryPlan, source: np.ndarray, K,
+                   seed: int, key_frames: bool, traj_id: str) -> np.ndarray:
+    """Step 3: the stored frames of a trajectory, uint8 (F, H, W, 3): the true source view, then
+    the teacher's views at the key frames."""
+    views = to_uint8(teacher.views(source, K, plan.trajectory, scene=scene,
+                                   c2w_source=plan.c2w[0], seed=seed, key_frames=key_frames))
+    want = (len(plan.frame_ids) - 1,) + source.shape
+    if views.shape != want:
+        raise ValueError(f"teacher {teacher.name!r} returned views of shape {views.shape}, "
+                         f"expected {want} for trajectory {traj_id}")
+    return np.concatenate([source[None], views])
+
+
+def _detections(frames, first_render, last_render, oracle, color, config: BuildConfig):
+    """Step 5: tracked detections of the first and last frame after QC of degenerate boxes;
+    returns (first, last, number of dropped boxes)."""
+    if config.detector == "oracle":
+        first, last = oracle.detect(first_render), oracle.detect(last_render)
+    else:
+        first, last = detect.match_instances(color.detect(frames[0]), color.detect(frames[-1]))
+    first, dropped_first = qc.filter_degenerate(first, config.qc)
+    last, dropped_last = qc.filter_degenerate(last, config.qc)
+    return first, last, len(dropped_first) + len(dropped_last)
 
 
 def _object_records(acts, first, last, target_frame, traj_id, config):
@@ -165,13 +173,9 @@ def _object_records(acts, first, last, target_frame, traj_id, config):
                                       traj_id=traj_id, filt=config.filter)
 
 
-def build_scene(
-    scene_seed: int,
-    config: BuildConfig = BuildConfig(),
-    teacher: Callable[..., Any] | None = None,
-    teacher_name: str = "renderer",
-) -> dict:
-    """All supervision of one scene (module doc). Returns a JSON-able dict plus uint8 views:
+def build_scene(scene_seed: int, config: BuildConfig, teacher: Teacher) -> dict:
+    """All supervision of one scene (module doc) with `teacher` (`supervision.teachers`).
+    Returns a JSON-able dict plus uint8 views:
 
       scene_id, scene_seed, teacher, detector,
       trajectories: [{traj_id, index, kind, actions (text), frame_ids, qc (reasons)}],
@@ -182,28 +186,17 @@ def build_scene(
       stats: {trajectories, qc_rejected, qc_reasons: {kind: n}, degenerate_boxes, detections,
         and with oracle records detector_vs_oracle (counts for `agreement_rates`)}.
     """
-    if teacher is None and teacher_name != "renderer":
-        raise ValueError(f"teacher=None is the renderer oracle; teacher_name must be 'renderer', "
-                         f"got {teacher_name!r}")
-    if config.detector == "oracle" and teacher is not None:
+    oracle_teacher = teacher.name == RENDERER
+    if config.detector == "oracle" and not oracle_teacher:
         raise ValueError("detector='oracle' reads the renderer's truth and only describes the "
                          "renderer teacher's views; use detector='color' with a model teacher")
-    ccfg = config.clip_config()
-    K = ccfg.K
-    scene = scene_lib.sample_scene(int(scene_seed), num_objects=tuple(config.num_objects),
-                                   max_objects=config.max_objects)
+    K = config.clip.K
+    scene, plans = plan_scene(scene_seed, config)
+    truths = render_truth(scene, plans, config)
     sid = scene_id(scene_seed)
-    plans = []
-    traj_rng = np.random.default_rng([int(scene_seed), 7])
-    for index, traj in enumerate(actions_lib.sample_scene_trajectories(traj_rng, config.trajectory)):
-        traj, poses, keys = clips_lib.plan_clip(scene, int(scene_seed), index, traj.kind, ccfg)
-        frame_ids = list(keys) if config.key_frames else [keys[0], keys[-1]]
-        plans.append((index, traj, poses[frame_ids], frame_ids))
-    truth = _render_all(scene, np.concatenate([p[2] for p in plans]), config)
-
     oracle = detect.OracleDetector(scene, config.vocabulary)
     color = detect.ColorShapeDetector(config.vocabulary)
-    use_fidelity = config.fidelity and (teacher is not None or config.detector != "oracle")
+    use_fidelity = config.fidelity and (not oracle_teacher or config.detector != "oracle")
     stats = {"trajectories": 0, "qc_rejected": 0, "qc_reasons": {}, "degenerate_boxes": 0,
              "detections": 0}
     if use_fidelity:
@@ -211,61 +204,44 @@ def build_scene(
     trajectories, views_out, records, a4_candidates = [], {}, [], []
     oracle_records = [] if use_fidelity else None
     seed_rng = random.Random(int(scene_seed))
-    start = 0
-    for index, traj, _, frame_ids in plans:
-        n = len(frame_ids)
-        true_views = {k: x[start:start + n] for k, x in truth.items()}
-        start += n
+    for plan, truth in zip(plans, truths):
+        traj, index = plan.trajectory, plan.index
         traj_id = f"{sid}_{index:02d}"
-        acts = list(traj.actions)
         teacher_seed, template_seed = seed_rng.randrange(2**31), seed_rng.randrange(2**31)
-        source = _to_uint8(true_views["rgb"][0])
-        if teacher is None:
-            views = _to_uint8(true_views["rgb"][1:])
-        else:
-            views = _to_uint8(teacher(source, K, acts, steps=config.teacher_steps,
-                                      cfg=config.teacher_cfg, seed=teacher_seed,
-                                      key_frames=config.key_frames))
-            if views.shape != (n - 1,) + source.shape:
-                raise ValueError(f"teacher returned views of shape {views.shape}, expected "
-                                 f"{(n - 1,) + source.shape} for trajectory {traj_id}")
-        frames = np.concatenate([source[None], views])
+        frames = teacher_frames(teacher, scene, plan, to_uint8(truth["rgb"][0]), K, teacher_seed,
+                                config.key_frames, traj_id)
         views_out[traj_id] = frames
-        reasons = qc.check_views(source, views, config.qc)
+        # step 4: QC of the teacher's views; a failing trajectory is dropped whole
+        reasons = qc.check_views(frames[0], frames[1:], config.qc)
         stats["trajectories"] += 1
         trajectories.append({"traj_id": traj_id, "index": index, "kind": traj.kind,
-                             "actions": traj.text(), "frame_ids": [int(f) for f in frame_ids],
-                             "qc": reasons})
-        target = int(frame_ids[-1])
-        files = [f"{sid}/{index:02d}_f{0:03d}.png", f"{sid}/{index:02d}_f{target:03d}.png"]
-        common = {"scene_id": sid, "trajectory": traj.text(), "source": teacher_name}
+                             "actions": traj.text(), "frame_ids": plan.frame_ids, "qc": reasons})
         if reasons:
             stats["qc_rejected"] += 1
             for r in reasons:
                 kind = qc.reason_kind(r)
                 stats["qc_reasons"][kind] = stats["qc_reasons"].get(kind, 0) + 1
             continue
-        first_render = {k: x[0] for k, x in true_views.items()}
-        last_render = {k: x[-1] for k, x in true_views.items()}
-        first, last = _detect_pair(oracle, color, frames[0], frames[-1], first_render,
-                                   last_render, config.detector)
-        first, dropped_first = qc.filter_degenerate(first, config.qc)
-        last, dropped_last = qc.filter_degenerate(last, config.qc)
-        stats["degenerate_boxes"] += len(dropped_first) + len(dropped_last)
+        first_render = {k: x[0] for k, x in truth.items()}
+        last_render = {k: x[-1] for k, x in truth.items()}
+        first, last, dropped = _detections(frames, first_render, last_render, oracle, color,
+                                           config)
+        stats["degenerate_boxes"] += dropped
         stats["detections"] += len(first) + len(last)
-
-        kw = {"target_frame": target, "traj_id": traj_id, "seed": template_seed}
-        motion = []
-        if len(tasks.as_actions(acts)) == 1:
-            builder = tasks.build_a2 if acts[0].is_turn else tasks.build_a1
-            motion.append(builder(acts, **kw))
-        else:
-            motion.append(tasks.build_a3(acts, **kw))
+        # step 6: records (A1-A3 here, A4 candidates labelled per split by `label_a4`, D1-D4)
+        target = plan.frame_ids[-1]
+        acts = list(traj.actions)
+        common = {"scene_id": sid, "trajectory": traj.text(), "source": teacher.name}
+        motion, candidate = tasks.build_motion_record(acts, target_frame=target, traj_id=traj_id,
+                                                      seed=template_seed)
+        if candidate is not None:
             a4_candidates.append({"actions": traj.text(), "target_frame": target,
-                                  "traj_id": traj_id, **common, "image_files": files})
-        for rec in motion + _object_records(acts, first, last, target, traj_id, config):
+                                  "traj_id": traj_id, **common,
+                                  "image_files": _files(sid, index, {"images": [0, target]})})
+        for rec in [motion] + _object_records(acts, first, last, target, traj_id, config):
             if rec is not None:
                 records.append({**rec, **common, "image_files": _files(sid, index, rec)})
+        # step 7: fidelity — the same D records from true renders and the oracle detector
         if oracle_records is not None:
             o_first, _ = qc.filter_degenerate(oracle.detect(first_render), config.qc)
             o_last, _ = qc.filter_degenerate(oracle.detect(last_render), config.qc)
@@ -277,7 +253,7 @@ def build_scene(
     return {
         "scene_id": sid,
         "scene_seed": int(scene_seed),
-        "teacher": teacher_name,
+        "teacher": teacher.name,
         "detector": config.detector,
         "trajectories": trajectories,
         "views": views_out,
@@ -356,10 +332,8 @@ def write_shard(shards_root: str, result: Mapping[str, Any]) -> str:
     `shards_root/scene_{scene_id}`. Returns that path."""
     from PIL import Image
 
-    os.makedirs(shards_root, exist_ok=True)
     final = shard_dir(shards_root, result["scene_seed"])
-    tmp = tempfile.mkdtemp(prefix=".tmp-scene-", dir=shards_root)
-    try:
+    with fileio.atomic_dir(final) as tmp:
         for traj in result["trajectories"]:
             frames = result["views"][traj["traj_id"]]
             for frame, image in zip(traj["frame_ids"], frames):
@@ -368,12 +342,6 @@ def write_shard(shards_root: str, result: Mapping[str, Any]) -> str:
         body = {k: v for k, v in result.items() if k != "views"}
         with open(os.path.join(tmp, SHARD_FILE), "w") as f:
             json.dump(body, f)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 
@@ -386,9 +354,8 @@ def read_shard(path: str) -> dict:
 def build_shards(
     shards_root: str,
     seeds: Iterable[int],
-    config: BuildConfig = BuildConfig(),
-    teacher: Callable[..., Any] | None = None,
-    teacher_name: str = "renderer",
+    config: BuildConfig,
+    teacher: Teacher,
     progress: bool = True,
 ) -> dict:
     """`build_scene` + `write_shard` for every seed whose shard is missing (resumable: finished
@@ -396,11 +363,12 @@ def build_shards(
     from tqdm.auto import tqdm
 
     seeds = [int(s) for s in seeds]
+    fileio.sweep_stale(shards_root)  # temporaries of a killed run
     todo = [s for s in seeds if not is_finished(shards_root, s)]
     with tqdm(total=len(seeds), initial=len(seeds) - len(todo), desc="scenes", unit="scene",
               disable=not progress) as bar:
         for s in todo:
-            write_shard(shards_root, build_scene(s, config, teacher, teacher_name))
+            write_shard(shards_root, build_scene(s, config, teacher))
             bar.update(1)
     return {"built": len(todo), "skipped": len(seeds) - len(todo),
             "shards": [shard_dir(shards_root, s) for s in seeds]}

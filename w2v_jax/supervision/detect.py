@@ -37,6 +37,8 @@ import numpy as np
 from scipy import ndimage
 
 from w2v_jax import geometry
+from w2v_jax.geometry import box_iou
+from w2v_jax.processing.image import to_unit_float
 from w2v_jax.sim.scene import COLORS, FLOOR_COLORS, PALETTE, SHAPES, WALL_TINTS
 
 VOCABULARIES = ("shape", "color_shape")
@@ -57,17 +59,6 @@ class Detector(Protocol):
     """Anything with `detect(x) -> list of detection dicts` (module doc)."""
 
     def detect(self, x: Any) -> list[dict]: ...
-
-
-def _box_area(box: Sequence[float]) -> float:
-    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two [x1, y1, x2, y2] boxes (any consistent units); 0 when either is empty."""
-    inter = _box_area([max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])])
-    union = _box_area(a) + _box_area(b) - inter
-    return inter / union if union > 0 else 0.0
 
 
 # ----------------------------------------------------------------------------- oracle
@@ -172,21 +163,9 @@ class ColorShapeConfig:
             raise ValueError(f"min_pixels must be an integer >= 1, got {self.min_pixels!r}")
 
 
-def _image01(image) -> np.ndarray:
-    img = np.asarray(image)
-    if img.ndim != 3 or img.shape[-1] != 3:
-        raise ValueError(f"image must be (H, W, 3), got shape {img.shape}")
-    if img.dtype == np.uint8:
-        return img.astype(np.float64) / 255.0
-    img = img.astype(np.float64)
-    if not np.all(np.isfinite(img)) or img.min() < -1e-6 or img.max() > 1 + 1e-6:
-        raise ValueError("a float image must hold values in [0, 1]")
-    return img
-
-
 def classify_pixels(image, config: ColorShapeConfig = ColorShapeConfig()) -> np.ndarray:
     """Colour class per pixel (H, W) int: index into COLORS, -1 for background."""
-    img = _image01(image)
+    img = to_unit_float(image)
     chroma = _chroma(img)
     pal = PALETTE.astype(np.float64)
     d_obj = np.linalg.norm(chroma[..., None, :] - _chroma(pal)[None, None], axis=-1)  # (H,W,8)
@@ -215,7 +194,7 @@ def shape_features(image, mask: np.ndarray, color_id: int,
       flat_step; ramp: fraction of horizontally adjacent interior pairs below the top face (shading
       < 0.85) whose shading differs by (ramp_step, 0.1); interior: eroded pixel count.
     """
-    img = _image01(image)
+    img = to_unit_float(image)
     c = PALETTE[int(color_id)].astype(np.float64)
     shading = (img @ c) / float(c @ c)
     inner = ndimage.binary_erosion(mask)
@@ -259,7 +238,7 @@ class ColorShapeDetector:
         self.vocabulary, self.config = vocabulary, config
 
     def detect(self, image) -> list[dict]:
-        img = _image01(image)
+        img = to_unit_float(image)
         h, w = img.shape[:2]
         classes = classify_pixels(img, self.config)
         chroma = _chroma(img)

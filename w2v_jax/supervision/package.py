@@ -8,7 +8,8 @@ Splits (paper.md §1 stage 2d, plus a held-out eval split):
 A4 records are labelled per split over all its candidates (`build.label_a4`: the official global
 shuffle, even positions true), so each split's A4 is balanced.
 
-Layout written under `out_dir` (atomically: built in a temporary sibling directory, renamed):
+Layout written under `out_dir` (atomically: built in a temporary sibling directory, renamed;
+every `image_files` entry must resolve inside its scene's shard and be a complete PNG):
   world2vlm_distill/1.0.0/    TFDS array_record dataset with splits sft / grpo / eval; fields:
       id, task_type, prompt (user text with <image> tags), answer, messages (JSON: the Qwen chat
       [{"role": "user", ...}, {"role": "assistant", ...}]), ground_truth (JSON {task_type,
@@ -28,21 +29,22 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import io
 import json
 import os
 import random
-import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from w2v_jax import fileio
+from w2v_jax.data.distill import DATASET_NAME, VERSION
 from w2v_jax.sim.clips import split_scenes
 from w2v_jax.supervision import build
 from w2v_jax.supervision.reward import ground_truth_json
 
-DATASET_NAME = "world2vlm_distill"
-VERSION = "1.0.0"
 SPLITS = ("sft", "grpo", "eval")
 IMAGE_DIR = "images"
 BINARY_LABELS = {"A4": ("claim_true", "true", "false"), "D2": ("disappears", "yes", "no"),
@@ -65,11 +67,6 @@ class PackageConfig:
             raise ValueError(f"grpo_per_task must be an integer >= 1, got {self.grpo_per_task!r}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
-
-
-def builder_dir(out_dir: str) -> str:
-    """The TFDS directory of a package: out_dir/world2vlm_distill/1.0.0."""
-    return os.path.join(os.path.abspath(out_dir), DATASET_NAME, VERSION)
 
 
 # ----------------------------------------------------------------------------- record formats
@@ -226,6 +223,24 @@ def _example(record: Mapping[str, Any], png: Mapping[str, bytes]) -> dict:
     }
 
 
+def _read_frame(shard_of: Mapping[str, str], name: Any, record: Mapping[str, Any]) -> bytes:
+    """PNG bytes of an `image_files` entry "<scene_id>/<file>": the file must resolve inside
+    that scene's shard and be a complete PNG; else ValueError naming the record."""
+    what = f"record {record['id']!r} image_files entry {name!r}"
+    sid, _, rel = str(name).partition("/")
+    if sid not in shard_of:
+        raise ValueError(f"{what}: no shard of scene {sid!r}")
+    path = fileio.resolve_inside(shard_of[sid], rel, what)
+    with open(path, "rb") as fh:
+        data = fh.read()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()  # every chunk's CRC up to IEND: a truncated file fails
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"{what}: {path} is not a complete PNG ({e})") from e
+    return data
+
+
 def _write_jsonl(path: str, rows) -> None:
     with open(path, "w") as f:
         f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
@@ -246,24 +261,24 @@ def write_package(
     splits = make_splits(shards, config)
     stats = {**compute_stats(shards, splits, config), **dict(extra_stats or {})}
     shard_of = {s["scene_id"]: s["path"] for s in shards}
-    files = sorted({f for recs in splits.values() for r in recs for f in r["image_files"]})
     png = {}
-    for f in files:
-        sid, name = f.split("/", 1)
-        with open(os.path.join(shard_of[sid], name), "rb") as fh:
-            png[f] = fh.read()
+    for recs in splits.values():
+        for r in recs:
+            for f in r["image_files"]:
+                if f not in png:
+                    png[f] = _read_frame(shard_of, f, r)
+    files = sorted(png)
 
-    with ar.atomic_dir(out_dir) as tmp:
+    with fileio.atomic_dir(out_dir) as tmp:
         present = {name: recs for name, recs in splits.items() if recs}
         ar.write_dataset(
             tmp, DATASET_NAME, _features(),
             {name: [_example(r, png) for r in recs] for name, recs in present.items()},
             version=VERSION,
             description="World2VLM distillation set (w2v_jax.supervision.package).")
-        shutil.rmtree(os.path.join(tmp, "downloads"), ignore_errors=True)  # TFDS's empty cache
         if config.jsonl:
             for f in files:
-                path = os.path.join(tmp, IMAGE_DIR, f)
+                path = fileio.resolve_inside(os.path.join(tmp, IMAGE_DIR), f, f"image {f!r}")
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 with open(path, "wb") as fh:
                     fh.write(png[f])

@@ -30,10 +30,13 @@ A trajectory whose views fail blur or change is dropped whole (all its A and D r
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from w2v_jax.processing.image import to_unit_float
 
 _LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -51,31 +54,23 @@ class QCConfig:
     max_box_area: float = 0.9
 
     def __post_init__(self):
-        if self.blur_min < 0:
-            raise ValueError(f"QCConfig.blur_min must be >= 0, got {self.blur_min}")
+        if not 0 <= self.blur_min < math.inf:  # "not in range": NaN is refused too
+            raise ValueError(f"QCConfig.blur_min must be a finite number >= 0, got {self.blur_min}")
         if not 0 <= self.change_min <= self.change_max <= 1:
             raise ValueError(f"QCConfig needs 0 <= change_min <= change_max <= 1, got "
                              f"{self.change_min}, {self.change_max}")
-        if self.min_box_side < 0 or self.max_box_aspect < 1 or not 0 < self.max_box_area <= 1:
+        if (not 0 <= self.min_box_side < math.inf or not 1 <= self.max_box_aspect < math.inf
+                or not 0 < self.max_box_area <= 1):
             raise ValueError(f"QCConfig box thresholds out of range: min_box_side="
                              f"{self.min_box_side}, max_box_aspect={self.max_box_aspect}, "
                              f"max_box_area={self.max_box_area}")
-
-
-def _as01(image) -> np.ndarray:
-    img = np.asarray(image)
-    if img.ndim != 3 or img.shape[-1] != 3:
-        raise ValueError(f"a view must be (H, W, 3), got shape {img.shape}")
-    if img.dtype == np.uint8:
-        return img.astype(np.float64) / 255.0
-    return img.astype(np.float64)
 
 
 def laplacian_variance(image) -> float:
     """Variance of the 4-neighbour Laplacian of the grey image on the 0-255 scale (OpenCV's
     `Laplacian(gray, CV_64F).var()` with ksize 1, borders replicated). image (H, W, 3) uint8 or
     float in [0, 1]."""
-    grey = _as01(image) @ _LUMA * 255.0
+    grey = to_unit_float(image) @ _LUMA * 255.0
     padded = np.pad(grey, 1, mode="edge")
     lap = (padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
            - 4.0 * grey)
@@ -84,7 +79,7 @@ def laplacian_variance(image) -> float:
 
 def mean_abs_change(a, b) -> float:
     """Mean |a - b| on the 0-1 scale of two (H, W, 3) views of the same size."""
-    a, b = _as01(a), _as01(b)
+    a, b = to_unit_float(a), to_unit_float(b)
     if a.shape != b.shape:
         raise ValueError(f"views must have the same shape, got {a.shape} and {b.shape}")
     return float(np.mean(np.abs(a - b)))

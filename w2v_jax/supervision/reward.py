@@ -35,6 +35,8 @@ import math
 import re
 from typing import Any, Mapping, Sequence
 
+from w2v_jax.geometry import box_iou
+
 MAX_RESPONSE_CHARS = 200
 OVERLONG_SCORE = -1.0
 
@@ -188,17 +190,6 @@ def _canonical_box(box: Sequence[float]) -> tuple[list[float], float]:
     in_range = max(0.0, 1.0 - overflow / 200.0)
     clipped = [min(1000.0, max(0.0, v)) for v in sorted_box]
     return clipped, 0.7 * ordered + 0.3 * in_range
-
-
-def _area(box: Sequence[float]) -> float:
-    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two (x1, y1, x2, y2) boxes; 0 when the union is empty."""
-    inter = _area([max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])])
-    union = _area(a) + _area(b) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def _abs_log_ratio(a: float, b: float) -> float:
@@ -393,13 +384,24 @@ def load_ground_truth(ground_truth: str | Mapping[str, Any] | None) -> tuple[str
 def compute_score(
     reward_inputs: Sequence[Mapping[str, Any]], *, fix_d_variants: bool = True
 ) -> list[dict[str, float]]:
-    """EasyR1 batch reward: one score dict (key `overall` + sub-scores) per input."""
+    """EasyR1 batch reward: one score dict (key `overall` + sub-scores) per input.
+
+    Any string response scores (never raises); a non-dict item, or a `response` / `ground_truth`
+    of another type, raises ValueError naming the item index and the field."""
     if isinstance(reward_inputs, Mapping):
         raise ValueError(
             f"reward_inputs must be a list of dicts, got a single {type(reward_inputs).__name__}"
         )
     out = []
-    for item in reward_inputs:
+    for i, item in enumerate(reward_inputs):
+        if not isinstance(item, Mapping):
+            raise ValueError(f"reward_inputs[{i}] must be a dict with 'response' and "
+                             f"'ground_truth', got {type(item).__name__}")
+        for field, allowed in (("response", (str,)), ("ground_truth", (str, Mapping))):
+            if item.get(field) is not None and not isinstance(item[field], allowed):
+                raise ValueError(f"reward_inputs[{i}][{field!r}] must be a "
+                                 f"{' or '.join(t.__name__ for t in allowed)}, got "
+                                 f"{type(item[field]).__name__}")
         task_type, answer = load_ground_truth(item.get("ground_truth", ""))
         out.append(
             score(item.get("response", ""), task_type, answer, fix_d_variants=fix_d_variants)

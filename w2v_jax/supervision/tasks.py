@@ -41,7 +41,8 @@ import numbers
 import random
 from typing import Any, Iterable, Mapping, Sequence
 
-from w2v_jax.actions import NAMES, Action, canonicalize, format_actions
+from w2v_jax import actions as actions_lib
+from w2v_jax.actions import Action, format_actions
 from w2v_jax.supervision import templates as T
 
 # Full-credit tolerances of the reward (w2v_jax.supervision.reward); A4 false claims exceed them.
@@ -83,31 +84,9 @@ class DetectionFilter:
         return x1 >= low and y1 >= low and x2 <= high and y2 <= high
 
 
-def _as_action(item: Any, where: str) -> Action:
-    if isinstance(item, Action):
-        return item
-    if isinstance(item, Mapping):
-        name, value = item.get("name"), item.get("value")
-    elif isinstance(item, (tuple, list)) and len(item) == 2:
-        name, value = item
-    else:
-        raise ValueError(
-            f"{where} must be an Action, (name, value) or {{name, value}}, got {item!r}"
-        )
-    if name not in NAMES:
-        raise ValueError(f"{where}.name must be one of {NAMES}, got {name!r}")
-    return Action(name, value)
-
-
 def as_actions(actions: Iterable[Any]) -> list[Action]:
-    """Canonical `Action` list from Actions / (name, value) pairs / dicts; ValueError if empty."""
-    if isinstance(actions, (str, bytes, Mapping)):
-        raise ValueError(f"actions must be a sequence of actions, got {type(actions).__name__}")
-    given = [_as_action(a, f"actions[{i}]") for i, a in enumerate(actions)]
-    out = canonicalize(given)
-    if not out:
-        raise ValueError(f"actions must describe some motion (after canonicalising), got {given!r}")
-    return out
+    """Canonical `Action` list of a task (``actions_lib.as_actions(..., canonical=True)``)."""
+    return actions_lib.as_actions(actions, canonical=True)
 
 
 def validate_detections(detections: Iterable[Mapping[str, Any]], field: str) -> list[dict]:
@@ -327,34 +306,35 @@ def build_a4_set(candidates: Sequence[Mapping[str, Any]], seed: int) -> list[dic
     ]
 
 
-def build_motion_records(trajectories: Sequence[Mapping[str, Any]], seed: int) -> list[dict]:
-    """A1-A4 for a list of trajectories with the official routing.
+def build_motion_record(actions, *, target_frame: int = 1, seed: int = 0,
+                        traj_id: str = "") -> tuple[dict | None, dict | None]:
+    """The official routing of one trajectory: ``(record, a4_candidate)``. One canonical turn ->
+    A2; one canonical move -> A1; two or more -> A3 plus an A4 candidate ``{actions,
+    target_frame, traj_id}`` (A4 needs a pair not used by A1/A2; candidates are labelled per
+    split by `build_a4_set`)."""
+    acts = as_actions(actions)
+    kwargs = {"target_frame": target_frame, "traj_id": traj_id, "seed": seed}
+    if len(acts) == 1:
+        builder = build_a2 if acts[0].is_turn else build_a1
+        return builder(acts, **kwargs), None
+    candidate = {"actions": acts, "target_frame": target_frame, "traj_id": traj_id}
+    return build_a3(acts, **kwargs), candidate
 
-    trajectories: dicts {"actions", "target_frame" (default 1), "traj_id" (default "")}. One
-    canonical turn -> A2; one canonical move -> A1; two or more -> A3 and an A4 candidate (A4
-    needs a pair not used by A1/A2). The A4 candidates are then labelled by `build_a4_set`.
+
+def build_motion_records(trajectories: Sequence[Mapping[str, Any]], seed: int) -> list[dict]:
+    """A1-A4 for a list of trajectories (`build_motion_record` each, then `build_a4_set`).
+
+    trajectories: dicts {"actions", "target_frame" (default 1), "traj_id" (default "")}.
     """
     rng = random.Random(seed)
     records, a4_candidates = [], []
     for traj in trajectories:
-        acts = as_actions(traj["actions"])
-        kwargs = {
-            "target_frame": traj.get("target_frame", 1),
-            "traj_id": traj.get("traj_id", ""),
-            "seed": rng.randrange(2**31),
-        }
-        if len(acts) == 1:
-            builder = build_a2 if acts[0].is_turn else build_a1
-            records.append(builder(acts, **kwargs))
-        else:
-            records.append(build_a3(acts, **kwargs))
-            a4_candidates.append(
-                {
-                    "actions": acts,
-                    "target_frame": kwargs["target_frame"],
-                    "traj_id": kwargs["traj_id"],
-                }
-            )
+        record, candidate = build_motion_record(
+            traj["actions"], target_frame=traj.get("target_frame", 1),
+            traj_id=traj.get("traj_id", ""), seed=rng.randrange(2**31))
+        records.append(record)
+        if candidate is not None:
+            a4_candidates.append(candidate)
     return records + build_a4_set(a4_candidates, rng.randrange(2**31))
 
 

@@ -15,6 +15,11 @@ written to a temporary directory and renamed when complete, so a crash never lea
 half-written checkpoint that a restart would pick up (leftover temporaries are deleted on the
 next start). ``max_to_keep`` newest steps are kept.
 
+Only finite values are kept: ``save`` refuses a state with a NaN / inf array and every restore
+checks the restored arrays, naming the first bad one. ``restore_latest`` / ``restore_raw()``
+fall back to the newest step that restores (saying so in one warning line) when newer steps are
+damaged; a later save at a damaged step's number replaces it.
+
 This uses Orbax's stable v0 ``CheckpointManager`` (the same engine the v1
 ``training.Checkpointer`` wraps in orbax-checkpoint 0.12): its ``Composite`` args give named
 items with explicit ``StandardRestore`` targets, and saving the iterator state as JSON snapshots
@@ -23,13 +28,23 @@ background thread).
 """
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from w2v_jax.train.optim import path_str
+
+_log = logging.getLogger(__name__)
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint that cannot be used (unreadable, or holding NaN / inf values)."""
 
 
 class Checkpointer:
@@ -48,6 +63,7 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory, item_names=("state", "data", "meta"), options=options
         )
+        self._damaged: set[int] = set()  # steps a restore found unusable (a save replaces them)
 
     def latest_step(self) -> int | None:
         """Newest fully written step, or None."""
@@ -66,10 +82,18 @@ class Checkpointer:
         """Starts saving ``state`` (a pytree of jax arrays) at ``step``; returns at once.
 
         ``data_state`` (JSON-serialisable, e.g. ``iterator.get_state()``) and ``meta`` are
-        serialised now. Saving a step that already exists is a no-op returning False.
+        serialised now. Saving a step that already exists is a no-op returning False (unless a
+        restore found that step damaged: then it is replaced). Raises ValueError naming the first
+        NaN / inf array instead of saving it.
         """
+        bad = first_nonfinite(state)
+        if bad is not None:
+            raise ValueError(f"refusing to save checkpoint step {step}: {bad} is not finite")
         if step in self._manager.all_steps():
-            return False
+            if step not in self._damaged:
+                return False
+            self._manager.delete(step)
+            self._damaged.discard(step)
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave({"iterator": data_state}),
@@ -81,7 +105,8 @@ class Checkpointer:
         """``(state, data_state, meta)`` of ``step``; arrays land in ``abstract_state``'s shardings.
 
         ``abstract_state``: the state pytree with ``jax.ShapeDtypeStruct(..., sharding=...)``
-        (or concrete arrays, whose shardings are used) as leaves.
+        (or concrete arrays, whose shardings are used) as leaves. Raises
+        ``DamagedCheckpointError`` naming the first restored array that is not finite.
         """
         abstract = jax.tree.map(_as_abstract, abstract_state)
         out = self._manager.restore(
@@ -92,15 +117,48 @@ class Checkpointer:
                 meta=ocp.args.JsonRestore(),
             ),
         )
+        _check_restored(step, out["state"])
         return out["state"], (out["data"] or {}).get("iterator"), dict(out["meta"] or {})
+
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict | None, dict]:
+        """``(step, state, data_state, meta)`` of the newest step that restores (see
+        ``restore``); older steps are tried when newer ones are damaged."""
+        step, out = self._newest_that_restores(lambda s: self.restore(s, abstract_state))
+        return (step, *out)
+
+    def _newest_that_restores(self, load: Callable[[int], Any]) -> tuple[int, Any]:
+        failures = []
+        for step in reversed(self.all_steps()):
+            try:
+                out = load(step)
+            except Exception as e:  # noqa: BLE001 - any damage of one step: try the older ones
+                self._damaged.add(step)
+                failures.append(f"step {step} unusable ({_one_line(e)})")
+                continue
+            if failures:
+                _log.warning("checkpoints in %s: %s; using step %d", self.directory,
+                             "; ".join(failures), step)
+            return step, out
+        if not failures:
+            raise ValueError(f"no checkpoint in {self.directory}")
+        raise DamagedCheckpointError(f"no checkpoint step in {self.directory} restores; newest "
+                                     f"{failures[0]}" + (f" (and {len(failures) - 1} older)"
+                                                         if len(failures) > 1 else ""))
 
     def restore_raw(self, step: int | None = None) -> Any:
         """The saved state pytree as host numpy arrays (no target needed; for inspection and
         single-device use). Works whatever mesh wrote it: every array is read onto this
-        process's first device, so a run saved on N devices loads on one."""
-        step = self.latest_step() if step is None else step
+        process's first device, so a run saved on N devices loads on one. ``step=None``: the
+        newest step that restores (falls back past damaged ones); the step read is
+        ``self.restored_step``. Non-finite arrays raise ``DamagedCheckpointError``."""
         if step is None:
-            raise ValueError(f"no checkpoint in {self.directory}")
+            step, out = self._newest_that_restores(self._restore_raw)
+        else:
+            out = self._restore_raw(step)
+        self.restored_step = step
+        return out
+
+    def _restore_raw(self, step: int) -> Any:
         # The item handler reads the array metadata directly (a StandardCheckpointer would look
         # for a step-level metadata file inside the item directory and log a warning).
         saved = ocp.StandardCheckpointHandler().metadata(
@@ -112,7 +170,9 @@ class Checkpointer:
                        if hasattr(m, "shape") and hasattr(m, "dtype") else m), tree)
         out = self._manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
-        return jax.tree.map(np.asarray, out["state"])
+        state = jax.tree.map(np.asarray, out["state"])
+        _check_restored(step, state)
+        return state
 
     def restore_json(self, step: int, item: str = "data") -> Any:
         """The JSON item ``"data"`` (``{"iterator": state}``) or ``"meta"`` of ``step``."""
@@ -134,6 +194,36 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@jax.jit
+def _all_finite(arrays: list) -> jax.Array:
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in arrays])
+
+
+def first_nonfinite(tree: Any) -> str | None:
+    """'/'-joined path of the first floating-point array of ``tree`` holding a NaN or inf, or
+    None when all are finite (numpy leaves are checked on the host, jax arrays on device)."""
+    leaves = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(tree)
+              if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+    on_device = [x for _, x in leaves if isinstance(x, jax.Array)]
+    device_ok = iter(np.asarray(_all_finite(on_device)).tolist() if on_device else [])
+    for p, x in leaves:
+        ok = next(device_ok) if isinstance(x, jax.Array) else bool(np.all(np.isfinite(x)))
+        if not ok:
+            return path_str(p)
+    return None
+
+
+def _check_restored(step: int, state: Any) -> None:
+    bad = first_nonfinite(state)
+    if bad is not None:
+        raise DamagedCheckpointError(f"restored array {bad} of step {step} is not finite")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return (text if isinstance(e, DamagedCheckpointError) else f"{type(e).__name__}: {text}")[:240]
 
 
 def _as_abstract(x: Any) -> Any:

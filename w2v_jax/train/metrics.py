@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 import jax
 
+from w2v_jax import fileio
+
 
 class MetricsWriter:
     """Appends metrics of a run in ``workdir``.
@@ -81,10 +83,7 @@ def truncate_after(path: str, step: int) -> None:
     keep = [line for line in lines if json.loads(line).get("step", 0) <= step]
     if len(keep) == len(lines):
         return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(keep)
-    os.replace(tmp, path)
+    fileio.atomic_write(path, "".join(keep))
 
 
 def _to_float(v: Any) -> float | None:

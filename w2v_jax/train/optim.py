@@ -9,12 +9,16 @@ removes it from the trainable set, see ``frozen_regexes``).
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import re
 from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from w2v_jax.config_parsing import dataclass_from_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,20 +37,25 @@ class OptimizerConfig:
     param_groups: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self):
-        if self.learning_rate < 0:
-            raise ValueError(f"optimizer.learning_rate={self.learning_rate} must be >= 0")
+        # written as "not (x in range)" so that NaN (every comparison False) is refused too
+        for name, lo, hi in (("learning_rate", 0.0, math.inf), ("end_lr_ratio", 0.0, 1.0),
+                             ("b1", 0.0, 1.0), ("b2", 0.0, 1.0), ("weight_decay", 0.0, math.inf),
+                             ("clip_norm", 0.0, math.inf)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and lo <= value <= hi):
+                allowed = f">= {lo}" if hi == math.inf else f"in [{lo}, {hi}]"
+                raise ValueError(f"optimizer.{name}={value}: must be a finite number {allowed}")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"optimizer.eps={self.eps}: must be a finite number > 0")
         for name in ("warmup_steps", "decay_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"optimizer.{name}={getattr(self, name)} must be >= 0")
-        if not 0.0 <= self.end_lr_ratio <= 1.0:
-            raise ValueError(f"optimizer.end_lr_ratio={self.end_lr_ratio} must be in [0, 1]")
-        if self.clip_norm < 0 or self.weight_decay < 0:
-            raise ValueError("optimizer.clip_norm and optimizer.weight_decay must be >= 0")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, numbers.Real) and math.isfinite(
+                    value) and value == int(value) and value >= 0):
+                raise ValueError(f"optimizer.{name}={value!r}: must be an integer >= 0")
         for group in self.param_groups:
-            if len(group) != 2 or float(group[1]) < 0:
-                raise ValueError(
-                    f"optimizer.param_groups entry {group!r} must be (regex, lr_multiplier >= 0)"
-                )
+            if len(group) != 2 or not (math.isfinite(float(group[1])) and float(group[1]) >= 0):
+                raise ValueError(f"optimizer.param_groups entry {group!r} must be (regex, "
+                                 "lr_multiplier: a finite number >= 0)")
             try:
                 re.compile(group[0])
             except re.error as e:
@@ -55,14 +64,10 @@ class OptimizerConfig:
     @classmethod
     def from_dict(cls, d: Any) -> "OptimizerConfig":
         """From a dict / ConfigDict; unknown keys raise ValueError naming them."""
-        d = dict(d)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"optimizer.{unknown[0]} is not a field; allowed: {sorted(names)}")
+        d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
         if "param_groups" in d:
             d["param_groups"] = tuple((str(r), float(m)) for r, m in d["param_groups"])
-        return cls(**d)
+        return dataclass_from_dict(cls, d, where="config.optimizer")
 
 
 def schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+
 import jax
 
+from w2v_jax import fileio
 from w2v_jax import sharding as shd
 from w2v_jax.data.builders import get_data_builder
 from w2v_jax.models.builders import get_model_builder
@@ -77,10 +79,11 @@ def train_from_config(config, workdir: str) -> Trainer:
     """
     mesh = validate_config(config)
     workdir = os.path.abspath(workdir)
+    check_resume_config(config, workdir)  # before anything is written
     os.makedirs(workdir, exist_ok=True)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        fileio.atomic_write(os.path.join(workdir, "config.json"),
+                            config.to_json_best_effort(indent=2))
 
     model_ctor = get_model_builder(config.model.name)(config.model)
     model = shd.create_sharded(model_ctor, mesh)
@@ -136,6 +139,61 @@ def train_from_config(config, workdir: str) -> Trainer:
         if hasattr(iterator, "close"):
             iterator.close()
     return trainer
+
+
+# Data options that change how a run reads its data, not which data it is.
+_DATA_RUNTIME_KEYS = frozenset({"num_workers", "read_threads", "prefetch", "skip_malformed",
+                                "num_eval_batches"})
+
+
+def run_identity(config: dict) -> dict:
+    """What a resumed run must share with the run that wrote the workdir, flattened to dotted
+    keys: the model, the loss, the trainable set and the train-state structure (EMA on/off,
+    frozen parameter groups), and the data (except loading options)."""
+    out: dict = {}
+
+    def flatten(prefix, value):
+        if isinstance(value, dict):
+            for k in sorted(value):
+                flatten(f"{prefix}.{k}", value[k])
+        else:
+            out[prefix] = value
+
+    data = {k: v for k, v in (config.get("data") or {}).items() if k not in _DATA_RUNTIME_KEYS}
+    for key, value in (("model", config.get("model")), ("loss", config.get("loss")),
+                       ("loss_kwargs", config.get("loss_kwargs") or {}),
+                       ("trainable", config.get("trainable")),
+                       ("ema", bool(config.get("ema_decay"))),
+                       ("optimizer.param_groups",
+                        (config.get("optimizer") or {}).get("param_groups") or []),
+                       ("data", data)):
+        flatten(key, value)
+    return out
+
+
+def check_resume_config(config, workdir: str) -> None:
+    """ValueError (one paragraph, the differing fields) when ``workdir`` holds a run whose saved
+    ``config.json`` differs from ``config`` in ``run_identity``; nothing is written."""
+    path = os.path.join(os.path.abspath(workdir), "config.json")
+    if os.path.lexists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"workdir={workdir!r} exists and is not a directory")
+    if not os.path.isfile(path):
+        return
+    try:
+        with open(path) as f:
+            saved = run_identity(json.load(f))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); move it away to start a new run "
+                         "there") from e
+    new = run_identity(json.loads(config.to_json_best_effort()))
+    changed = [f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(saved) | set(new))
+               if saved.get(k) != new.get(k)]
+    if changed:
+        raise ValueError(
+            f"workdir {workdir} holds a run with another config ({path}); differing fields: "
+            + "; ".join(changed) + ". Its checkpoints belong to that run: pass a new --workdir, "
+            "or resume with the saved model, loss and data settings (total_steps, checkpoint, "
+            "logging and learning-rate settings may change).")
 
 
 def loss_kwargs(config) -> dict:

@@ -20,7 +20,10 @@ def read_run_config(workdir: str) -> dict:
     if not os.path.isfile(path):
         raise ValueError(f"workdir={workdir!r} is not a training run: no config.json")
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
 
 
 def restore_params(workdir: str, step: int | None = None, use_ema: bool = True) -> dict:

@@ -358,12 +358,13 @@ class Trainer:
         return checkpointer.save(self.step, self.state, data_state, meta)
 
     def restore(self, checkpointer, step: int | None = None, data_iterator: Any = None) -> dict:
-        """Restores ``step`` (default: latest) into this trainer's shardings; repositions
-        ``data_iterator`` (``set_state``) when the checkpoint holds its state. Returns meta."""
-        step = checkpointer.latest_step() if step is None else step
+        """Restores ``step`` (default: the newest that restores, past damaged ones) into this
+        trainer's shardings; repositions ``data_iterator`` (``set_state``) when the checkpoint
+        holds its state. Returns meta."""
         if step is None:
-            raise ValueError(f"no checkpoint to restore in {checkpointer.directory}")
-        state, data_state, meta = checkpointer.restore(step, self.abstract_state())
+            _, state, data_state, meta = checkpointer.restore_latest(self.abstract_state())
+        else:
+            state, data_state, meta = checkpointer.restore(step, self.abstract_state())
         self.state = state
         self._host_step = int(jax.device_get(state["step"]))
         nnx.update(self.model, self.state["params"])

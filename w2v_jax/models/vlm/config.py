@@ -370,3 +370,64 @@ class VLMConfig:
                 "rope_parameters": {"rope_type": "axial", "rope_theta": v.rope_theta},
             },
         }
+
+
+def hf_config_dict(
+    *,
+    vocab_size: int = 300,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    mrope_section: tuple[int, int, int] = (2, 3, 3),
+    rope_theta: float = 10000.0,
+    vision_depth: int = 4,
+    vision_hidden_size: int = 64,
+    vision_intermediate_size: int = 96,
+    vision_num_heads: int = 4,
+    window_size: int = 56,
+    fullatt_block_indexes: tuple[int, ...] = (1, 3),
+    special_ids: Mapping[str, int] | None = None,
+    tie_word_embeddings: bool = False,
+) -> dict[str, Any]:
+    """A small Qwen2.5-VL ``config.json`` dict (the layout ``transformers.Qwen2_5_VLConfig(**d)``
+    and :meth:`VLMConfig.from_hf_dict` read): the one definition of the tiny test models, the
+    bench model and the small students (pass their sizes).
+
+    The defaults are the tiny test model: text hidden 64, 2 layers, 4 heads / 2 KV heads,
+    mrope_section (2, 3, 3), vocab 300; vision hidden 64, depth 4, full attention at blocks
+    (1, 3), window 56 px (2x2 merged tokens). Special ids sit at the top of the vocabulary
+    (``bos``, ``eos``, ``vision_start``, ``vision_end``, ``image``, ``video`` = V-6 .. V-1) unless
+    ``special_ids`` overrides some of them (keys as listed, or ``pad``).
+    """
+    ids = dict(zip(("bos", "eos", "vision_start", "vision_end", "image", "video"),
+                   range(vocab_size - 6, vocab_size)))
+    ids["pad"] = None
+    unknown = sorted(set(special_ids or {}) - set(ids))
+    if unknown:
+        raise ValueError(f"special_ids {unknown}: allowed {sorted(ids)}")
+    ids.update(special_ids or {})
+    return {
+        "model_type": "qwen2_5_vl",
+        "text_config": {
+            "vocab_size": vocab_size, "hidden_size": hidden_size,
+            "intermediate_size": intermediate_size, "num_hidden_layers": num_hidden_layers,
+            "num_attention_heads": num_attention_heads,
+            "num_key_value_heads": num_key_value_heads, "rms_norm_eps": 1e-6,
+            "bos_token_id": ids["bos"], "eos_token_id": ids["eos"], "pad_token_id": ids["pad"],
+            "rope_parameters": {"rope_type": "default", "rope_theta": float(rope_theta),
+                                "mrope_section": list(mrope_section)},
+        },
+        "vision_config": {
+            "depth": vision_depth, "hidden_size": vision_hidden_size,
+            "intermediate_size": vision_intermediate_size, "num_heads": vision_num_heads,
+            "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+            "window_size": window_size, "out_hidden_size": hidden_size,
+            "fullatt_block_indexes": list(fullatt_block_indexes),
+        },
+        "image_token_id": ids["image"], "video_token_id": ids["video"],
+        "vision_start_token_id": ids["vision_start"], "vision_end_token_id": ids["vision_end"],
+        "eos_token_id": ids["eos"], "pad_token_id": ids["pad"],
+        "tie_word_embeddings": tie_word_embeddings,
+    }

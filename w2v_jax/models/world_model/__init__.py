@@ -4,32 +4,31 @@
 - ``dit``: :class:`WorldModel` (M source + N target views, joint attention, Plücker rays,
   adaLN-Zero);
 - ``sampler``: Euler / Heun ODE sampling with classifier-free guidance;
-- ``teacher``: :func:`imagine`, :class:`WorldModelTeacher`, :class:`RendererTeacher` (the oracle);
+- ``imagine``: :func:`imagine` (views after a trajectory from one source image; the teacher
+  objects of the distillation set are in ``w2v_jax.supervision.teachers``);
 - ``metrics``: PSNR / SSIM (masked), co-visibility, warp baseline, reprojection error, box matcher.
 
 Losses live in ``w2v_jax.train.losses.flow_matching`` (``flow_matching``, ``regression``).
 """
 from __future__ import annotations
 
-import dataclasses
-import jax.numpy as jnp
 from flax import nnx
 
+from w2v_jax.config_parsing import dataclass_from_dict
 from w2v_jax.models.world_model.config import PRESETS, WorldModelConfig
 from w2v_jax.models.world_model.dit import WorldModel, count_params
 from w2v_jax.models.world_model.sampler import sample
-from w2v_jax.models.world_model.teacher import (RendererTeacher, WorldModelTeacher, imagine,
-                                                trajectory_targets)
+from w2v_jax.models.world_model.imagine import imagine
 
 
 def config_from_dict(d) -> WorldModelConfig:
-    """A WorldModelConfig from a dict / ConfigDict: ``preset`` (optional) then the named fields;
-    keys that are not WorldModelConfig fields (``name``, ``seed``, ...) are ignored."""
+    """A WorldModelConfig from a dict / ConfigDict (``config.model``): ``preset`` (optional)
+    then the named fields; ``name`` and ``seed`` belong to the builder; any other key that is not
+    a WorldModelConfig field is a ValueError naming it."""
     d = dict(d)
     base = WorldModelConfig.preset(d["preset"]) if d.get("preset") else WorldModelConfig()
-    fields = {f.name for f in dataclasses.fields(WorldModelConfig)}
-    return base.replace(**{k: (tuple(v) if isinstance(v, list) else v)
-                           for k, v in d.items() if k in fields})
+    return dataclass_from_dict(WorldModelConfig, d, where="config.model",
+                               ignore=("name", "seed", "preset"), base=base)
 
 
 def from_config(model_cfg):
@@ -46,6 +45,5 @@ def build(config: WorldModelConfig, seed: int = 0) -> WorldModel:
         return WorldModel(config, rngs=nnx.Rngs(seed))
 
 
-__all__ = ["PRESETS", "RendererTeacher", "WorldModel", "WorldModelConfig", "WorldModelTeacher",
-           "build", "config_from_dict", "count_params", "from_config", "imagine",
-           "sample", "trajectory_targets"]
+__all__ = ["PRESETS", "WorldModel", "WorldModelConfig", "build", "config_from_dict", "count_params",
+           "from_config", "imagine", "sample"]

@@ -215,18 +215,10 @@ def reprojection_error(view_tgt, rgb_src, depth_src, depth_tgt, K, T_rel,
 
 
 def _box_of(mask):
-    """Inclusive pixel box [x1, y1, x2, y2] of a non-empty bool mask (H, W)."""
+    """Pixel box [x1, y1, x2, y2) of a non-empty bool mask (H, W): x2/y2 one past the last
+    pixel, so ``geometry.box_iou`` counts whole pixels."""
     rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
-    return np.array([cols[0], rows[0], cols[-1], rows[-1]], np.float64)
-
-
-def box_iou(a, b):
-    """IoU of two inclusive pixel boxes [x1, y1, x2, y2]."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
-    inter = ix * iy
-    area = lambda x: (x[2] - x[0] + 1) * (x[3] - x[1] + 1)  # noqa: E731
-    return float(inter / (area(a) + area(b) - inter))
+    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], np.float64)
 
 
 def kmeans_colors(colors, k: int, iters: int = 10) -> np.ndarray:
@@ -308,7 +300,7 @@ def match_boxes(pred_rgb, truth_rgb, truth_instance, min_pixels: int = 4, extra_
         sizes = ndimage.sum_labels(np.ones_like(comps), comps, index=np.arange(1, n + 1))
         dets = [_box_of(comps == k + 1) for k in range(n) if sizes[k] >= min_pixels]
         visible = [o for o in members if vis_true[o]]
-        pairs = sorted(((box_iou(_box_of(inst == o), d), o, j) for o in visible
+        pairs = sorted(((geometry.box_iou(_box_of(inst == o), d), o, j) for o in visible
                         for j, d in enumerate(dets)), reverse=True)
         used_obj, used_det = set(), set()
         for value, o, j in pairs:
