@@ -115,7 +115,7 @@ def run_test_time(model, tokenizer, image_config, items) -> list[dict]:
 
     from w2v_jax.eval.inference import VLMAnswerer
     from w2v_jax.eval.test_time import MindJourney, SearchConfig
-    from w2v_jax.models.world_model import WorldModelTeacher
+    from w2v_jax.supervision.teachers import WorldModelTeacher
     from w2v_jax.processing.image import load_image
     from w2v_jax.train.runs import load_world_model
 

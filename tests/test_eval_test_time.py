@@ -6,7 +6,8 @@ import pytest
 from w2v_jax import actions
 from w2v_jax.eval import cost, test_time
 from w2v_jax.eval.inference import Answer
-from w2v_jax.models.world_model import WorldModelConfig, WorldModelTeacher, build
+from w2v_jax.models.world_model import WorldModelConfig, build
+from w2v_jax.supervision.teachers import WorldModelTeacher
 
 F, L, R = (actions.Action("forward", 0.75), actions.Action("turn_left", 27.0),
            actions.Action("turn_right", 27.0))
@@ -34,7 +35,7 @@ class CountingTeacher:
     def __init__(self):
         self.trajectories = []
 
-    def __call__(self, image, K, trajectory, seed=0):
+    def views(self, image, K, trajectory, seed=0):
         self.trajectories.append(actions.format_actions(trajectory))
         return np.full((1,) + image.shape, 0.5, np.float32)
 

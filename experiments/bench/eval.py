@@ -28,9 +28,10 @@ from w2v_jax.eval.suites import sat_like
 from w2v_jax.eval.test_time import MindJourney, SearchConfig
 from w2v_jax.models.vlm.config import TextConfig, VisionConfig, VLMConfig
 from w2v_jax.models.vlm.model import Qwen2_5_VL
-from w2v_jax.models.world_model import WorldModelConfig, WorldModelTeacher, build
+from w2v_jax.models.world_model import WorldModelConfig, build
 from w2v_jax.processing import train_tokenizer
 from w2v_jax.processing.image import load_image
+from w2v_jax.supervision.teachers import WorldModelTeacher
 
 _ITEMS = flags.DEFINE_integer("items", 10, "Questions timed per setting.")
 _WM_STEPS = flags.DEFINE_integer("wm_steps", 4, "World-model sampler steps.")

@@ -161,11 +161,9 @@ def load_mindcube(path: str, image_root: str) -> list[dict]:
 def load_tasks(package_dir: str, split: str = "eval", max_items: int | None = None
                ) -> list[dict]:
     """Training-task mirror: the records of a distillation package's held-out split."""
-    from w2v_jax.data import array_record
-    from w2v_jax.data.distill import decode_record
-    from w2v_jax.supervision.package import builder_dir
+    from w2v_jax.data.distill import decode_record, open_split
 
-    source = array_record.open_split(builder_dir(package_dir), split)
+    source = open_split(package_dir, split)
     records = sorted((decode_record(source[k]) for k in range(len(source))),
                      key=lambda r: r["id"])
     items = [dict(id=f"tasks-{r['id']}", suite="tasks", category=r["task_type"],

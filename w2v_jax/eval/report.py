@@ -2,7 +2,8 @@
 
 ``write_outputs(out_dir, results, records, items)`` writes all four into ``out_dir`` through a
 temporary sibling directory renamed into place, so an interrupted run leaves no half-written
-output and an older result set is replaced only by a complete one.
+output and an older result set is replaced only by a complete one. ``out_dir`` must be missing,
+empty or an earlier output (holding results.json): nothing else is ever replaced.
 """
 
 from __future__ import annotations
@@ -85,9 +86,10 @@ def sheet(items: Sequence[dict], records: Sequence[dict], rows: int = 12, tile: 
 
 def write_outputs(out_dir: str, results: dict, records: Sequence[dict], items: Sequence[dict],
                   sheet_rows: int = 12) -> None:
-    from w2v_jax.data.array_record import atomic_dir
+    from w2v_jax import fileio
 
-    with atomic_dir(out_dir) as tmp:
+    fileio.check_replaceable(out_dir, "results.json", "--out")
+    with fileio.atomic_dir(out_dir) as tmp:
         with open(os.path.join(tmp, "results.json"), "w") as f:
             json.dump(results, f, indent=1, default=_json_default)
         with open(os.path.join(tmp, "results.md"), "w") as f:

@@ -7,7 +7,8 @@ Item schema (every suite, procedural or loaded from a real benchmark)::
 ``images`` are PNG file names (in memory: anything ``processing.load_image`` accepts), ``choices``
 a list (empty for numeric answers), ``meta`` a JSON-able dict (the geometry the label came from).
 
-Layout written by :func:`write_suite` (atomically, replacing an older copy only once complete)::
+Layout written by :func:`write_suite` (atomically, replacing an older copy only once complete,
+and only a directory that is missing, empty or a suite itself, i.e. holds ``info.json``)::
 
     DIR/<suite>/manifest.jsonl        one item per line, images as "images/<name>.png"
     DIR/<suite>/images/*.png          every referenced image once
@@ -110,8 +111,11 @@ def _features():
 def write_suite(out_dir: str, suite: str, items: Sequence[dict], images: Mapping[str, Any],
                 info: Mapping[str, Any] | None = None) -> dict:
     """Write one suite under ``out_dir/suite`` (module doc); returns its info (with sha256)."""
+    from w2v_jax import fileio
     from w2v_jax.data import array_record as ar
 
+    target = os.path.join(out_dir, suite)
+    fileio.check_replaceable(target, "info.json", "--out")
     for k, item in enumerate(items):
         check_item(item, f"items[{k}]")
         unknown = [n for n in item["images"] if n not in images]
@@ -123,7 +127,7 @@ def write_suite(out_dir: str, suite: str, items: Sequence[dict], images: Mapping
     info = dict(info or {}, suite=suite, items=len(items),
                 per_category=dict(collections.Counter(i["category"] for i in items)),
                 balance=label_balance(items), sha256=_digest(manifest, png))
-    with ar.atomic_dir(os.path.join(out_dir, suite)) as tmp:
+    with fileio.atomic_dir(target) as tmp:
         os.makedirs(os.path.join(tmp, IMAGE_DIR))
         for name, data in png.items():
             with open(os.path.join(tmp, IMAGE_DIR, name), "wb") as f:

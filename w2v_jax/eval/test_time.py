@@ -158,8 +158,9 @@ class MindJourney:
     """``search(item)`` -> record with the response, score and cost of one question.
 
     ``answerer``: the evaluated VLM (``VLMAnswerer`` or anything with its call); ``teacher``: the
-    imagination engine, ``teacher(image, K, trajectory, seed=...) -> (1, h, w, 3)`` in [0, 1]
-    (``WorldModelTeacher``; its ``model.config.image_size`` fixes the resolution).
+    imagination engine, the teacher seam's ``teacher.views(image, K, trajectory, seed=...) ->
+    (1, h, w, 3)`` in [0, 1] (``supervision.teachers.WorldModelTeacher``; its
+    ``model.config.image_size`` fixes the resolution).
     """
 
     def __init__(self, answerer, teacher, config: SearchConfig = SearchConfig(), seed: int = 0):
@@ -171,7 +172,7 @@ class MindJourney:
         size = model.config.image_size if model is not None else image.shape[0]
         small = _resize(image, size)
         K_small = geometry.scale_intrinsics(K, size / image.shape[1], size / image.shape[0])
-        view = self.teacher(small, K_small, list(traj), seed=seed)[0]
+        view = self.teacher.views(small, K_small, list(traj), seed=seed)[0]
         return np.round(np.clip(view, 0.0, 1.0) * 255.0).astype(np.uint8)
 
     def _ask(self, prompt, max_new_tokens, tally) -> str:
