@@ -1,0 +1,179 @@
+r"""Score a VLM on the evaluation suites the way the official harnesses score them.
+
+    python -m experiments.evaluate --model=DIR --suite_dir=SUITES \
+        --suites=sat_like,vsi_like,mindcube_like,tasks --package=PKG --out=OUT \
+        [--blind] [--test_time=vlm|all --world_model=RUN]
+
+``--model``: a Hugging Face Qwen2.5-VL directory (config.json, safetensors, tokenizer.json and,
+when present, preprocessor_config.json for min/max pixels). ``--suites`` names built procedural
+suites (``SUITE_DIR/<name>``, from ``python -m data_gen.build_eval_suites``), ``tasks`` (the
+``eval`` split of the distillation package ``--package``) and real benchmarks from local files:
+``sat_real`` / ``sat_synth`` (``--sat_parquet``; ``sat_synth`` is MindJourney's 500-question
+subset unless ``--sat_full``), ``vsibench`` (``--vsibench`` + ``--vsibench_videos``),
+``mindcube`` (``--mindcube`` + ``--mindcube_images``).
+
+Greedy decoding, each suite's max new tokens (VSI 16), batched ``generate``. ``--blind`` also
+runs the model with blank images and reports categories where it beats chance (language-prior
+leaks). ``--test_time`` also runs MindJourney's search on the SAT-format suites with the world
+model of the training workdir ``--world_model`` and reports its cost per question next to plain
+inference's. Writes ``OUT/results.json``, ``OUT/results.md``, ``OUT/answers.jsonl``,
+``OUT/sheet.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+from absl import app, flags
+
+from w2v_jax.eval import formats, loaders, report, runner, store
+
+REAL = ("sat_real", "sat_synth", "vsibench", "mindcube")
+
+_MODEL = flags.DEFINE_string("model", None, "Hugging Face Qwen2.5-VL directory.")
+_SUITES = flags.DEFINE_list("suites", ["sat_like", "vsi_like", "mindcube_like"],
+                            "Suites: built procedural ones, 'tasks', or " + ", ".join(REAL))
+_SUITE_DIR = flags.DEFINE_string("suite_dir", "", "Directory of the built procedural suites.")
+_PACKAGE = flags.DEFINE_string("package", "", "Distillation package (for 'tasks').")
+_SAT = flags.DEFINE_string("sat_parquet", "", "SAT parquet file or directory of the split.")
+_SAT_FULL = flags.DEFINE_bool("sat_full", False, "sat_synth: all val questions, not the 500.")
+_VSI = flags.DEFINE_string("vsibench", "", "VSI-Bench test parquet or JSONL.")
+_VSI_VIDEOS = flags.DEFINE_string("vsibench_videos", "", "Root of <dataset>/<scene>.mp4.")
+_VSI_FRAMES = flags.DEFINE_integer("vsibench_frames", 16, "Frames sampled per VSI-Bench video.")
+_MC = flags.DEFINE_string("mindcube", "", "MindCube_tinybench.jsonl.")
+_MC_IMAGES = flags.DEFINE_string("mindcube_images", "", "Root of MindCube's image paths.")
+_OUT = flags.DEFINE_string("out", None, "Output directory.")
+_BLIND = flags.DEFINE_bool("blind", False, "Also run the blind (blank-image) baseline.")
+_TEST_TIME = flags.DEFINE_enum("test_time", "", ["", "vlm", "all"],
+                               "Also run the MindJourney search with this scorer.")
+_WM = flags.DEFINE_string("world_model", "", "Training workdir of the world model.")
+_WM_STEPS = flags.DEFINE_integer("wm_steps", 25, "World-model sampler steps.")
+_WM_CFG = flags.DEFINE_float("wm_cfg", 1.0, "World-model guidance scale (1 = off).")
+_BATCH = flags.DEFINE_integer("batch_size", 8, "Prompts per generate call.")
+_MAX_ITEMS = flags.DEFINE_integer("max_items", 0, "At most this many items per suite (0: all).")
+_NO_CIRCULAR = flags.DEFINE_bool("no_circular", False, "SAT: skip the reversed option order.")
+
+
+def load_model(path: str):
+    """``(model, tokenizer, image_config)`` of a Hugging Face Qwen2.5-VL directory. The one place
+    the launcher loads a VLM (training workdirs plug in here)."""
+    from w2v_jax.hf import load_vlm
+    from w2v_jax.processing.image import ImageConfig
+    from w2v_jax.processing.tokenizer import load_tokenizer
+
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise app.UsageError(f"--model={path!r} has no config.json (need a Hugging Face "
+                             "Qwen2.5-VL directory)")
+    model, _ = load_vlm(path)
+    image_config = ImageConfig()
+    pre = os.path.join(path, "preprocessor_config.json")
+    if os.path.isfile(pre):
+        with open(pre) as f:
+            d = json.load(f)
+        size = d.get("size") or {}
+        image_config = ImageConfig(
+            min_pixels=int(d.get("min_pixels", size.get("shortest_edge", image_config.min_pixels))),
+            max_pixels=int(d.get("max_pixels", size.get("longest_edge", image_config.max_pixels))))
+    return model, load_tokenizer(path), image_config
+
+
+def _need(value: str, flag: str, suite: str) -> str:
+    if not value:
+        raise app.UsageError(f"--suites contains {suite!r}, which needs --{flag}")
+    return value
+
+
+def load_items(name: str) -> list[dict]:
+    if name == "tasks":
+        return loaders.load_tasks(_need(_PACKAGE.value, "package", name))
+    if name in ("sat_real", "sat_synth"):
+        items = loaders.load_sat(_need(_SAT.value, "sat_parquet", name),
+                                 "test" if name == "sat_real" else "val")
+        return items if name == "sat_real" or _SAT_FULL.value else \
+            loaders.mindjourney_subset(items)
+    if name == "vsibench":
+        return loaders.load_vsibench(_need(_VSI.value, "vsibench", name),
+                                     _need(_VSI_VIDEOS.value, "vsibench_videos", name),
+                                     _VSI_FRAMES.value)
+    if name == "mindcube":
+        return loaders.load_mindcube(_need(_MC.value, "mindcube", name),
+                                     _need(_MC_IMAGES.value, "mindcube_images", name))
+    return store.load_suite(os.path.join(_need(_SUITE_DIR.value, "suite_dir", name), name))
+
+
+def mean_cost(records) -> dict:
+    keys = ("prompt_tokens", "generated_tokens", "flops", "wall_s")
+    plain = [r for r in records if r["variant"] == "plain"]
+    return {k: float(np.mean([r[k] for r in plain])) for k in keys} if plain else {}
+
+
+def run_test_time(model, tokenizer, image_config, items) -> list[dict]:
+    from tqdm import tqdm
+
+    from w2v_jax.eval.inference import VLMAnswerer
+    from w2v_jax.eval.test_time import MindJourney, SearchConfig
+    from w2v_jax.supervision.teachers import WorldModelTeacher
+    from w2v_jax.processing.image import load_image
+    from w2v_jax.train.runs import load_world_model
+
+    teacher = WorldModelTeacher(load_world_model(_WM.value), steps=_WM_STEPS.value,
+                                cfg=_WM_CFG.value)
+    search = MindJourney(VLMAnswerer(model, tokenizer, image_config, batch_size=1), teacher,
+                         SearchConfig(scorer=_TEST_TIME.value))
+    out = []
+    for item in tqdm([i for i in items if formats.format_of(i) == "sat"], desc="test-time"):
+        K = np.asarray(item["meta"]["K"]) if "K" in item["meta"] else None
+        out.append(search.search(item, [load_image(im) for im in item["images"]], K))
+    return out
+
+
+def main(argv):
+    del argv
+    if not _MODEL.value or not _OUT.value:
+        raise app.UsageError("--model and --out are required")
+    if _TEST_TIME.value and not _WM.value:
+        raise app.UsageError("--test_time needs --world_model=RUN (a world-model training "
+                             "workdir)")
+    from w2v_jax.eval.inference import VLMAnswerer
+
+    model, tokenizer, image_config = load_model(_MODEL.value)
+    items = []
+    for name in _SUITES.value:
+        loaded = load_items(name)
+        items += loaded[:_MAX_ITEMS.value] if _MAX_ITEMS.value else loaded
+    answerer = VLMAnswerer(model, tokenizer, image_config, batch_size=_BATCH.value, progress=True)
+    t0 = time.time()
+    records = runner.run(answerer, items, circular=not _NO_CIRCULAR.value)
+    results = {"model": _MODEL.value, "suites": _SUITES.value,
+               "runs": {"model": runner.aggregate(items, records)},
+               "hygiene": runner.hygiene(items), "cost": {"model": mean_cost(records)},
+               "wall_s": {"model": time.time() - t0}}
+    if _BLIND.value:
+        blind = runner.run(answerer, items, blind=True, circular=not _NO_CIRCULAR.value)
+        results["runs"]["blind"] = runner.aggregate(items, blind)
+        results["leaks"] = runner.leaks(results["runs"]["blind"])
+        records += blind
+    if _TEST_TIME.value:
+        searched = run_test_time(model, tokenizer, image_config, items)
+        sat_items = [i for i in items if formats.format_of(i) == "sat"]
+        if searched:
+            flat = [dict(r, variant="plain") for r in searched]
+            results["runs"][f"test_time_{_TEST_TIME.value}"] = runner.aggregate(sat_items, flat)
+            keys = searched[0]["cost"].keys()
+            tt = {k: float(np.mean([r["cost"][k] for r in searched])) for k in keys}
+            plain = mean_cost([r for r in records if r["id"] in {s["id"] for s in searched}
+                               and not r["blind"]])
+            tt["flops_ratio_vs_plain"] = (tt["world_model_flops"] + tt["vlm_flops"]) / \
+                max(plain["flops"], 1.0)
+            tt["wall_ratio_vs_plain"] = tt["wall_s"] / max(plain["wall_s"], 1e-9)
+            results["cost"][f"test_time_{_TEST_TIME.value}"] = tt
+            records += [dict(r, variant="test_time") for r in searched]
+    report.write_outputs(_OUT.value, results, records, items)
+    print(report.markdown(results))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,35 @@
+"""Tiny tokenizer + random Qwen2.5-VL pairs and tiny suites for the evaluation tests.
+
+``tiny_vlm()`` returns ``(model, tokenizer)``: a byte-level BPE trained here
+(``processing.train_tokenizer``) and a random model with ``vlm_fixtures.tiny_hf_config``'s
+shapes whose vocabulary and special-token ids are the tokenizer's.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import vlm_fixtures as vf
+from flax import nnx
+
+from w2v_jax import sharding
+from w2v_jax.models.vlm.config import TextConfig, VLMConfig
+from w2v_jax.models.vlm.model import Qwen2_5_VL
+from w2v_jax.processing import train_tokenizer
+
+CORPUS = ["rotated left and moved forward", "turn right by 24 degrees", "look straight",
+          "closer further left right back", "Output: 3,5,2,9,0,1", "A. B. C. D. answer is"] * 20
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_vlm(seed: int = 0):
+    tokenizer, ids = train_tokenizer(CORPUS, 400)
+    base = VLMConfig.from_hf_dict(vf.tiny_hf_config().to_dict())
+    text = TextConfig(**{**base.text.__dict__, "vocab_size": len(tokenizer),
+                         "eos_token_id": ids["eos_token_id"], "bos_token_id": None})
+    config = base.replace(text=text, image_token_id=ids["image_token_id"],
+                          video_token_id=ids["video_token_id"],
+                          vision_start_token_id=ids["vision_start_token_id"],
+                          vision_end_token_id=ids["vision_end_token_id"])
+    model = sharding.create_unsharded(lambda: Qwen2_5_VL(config, rngs=nnx.Rngs(seed)))
+    return model, tokenizer

@@ -1,0 +1,75 @@
+"""The VLM answerer on a tiny random model, and the two launchers end to end (slow)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import eval_fixtures as ef
+import numpy as np
+import pytest
+
+from w2v_jax.eval import cost, formats
+from w2v_jax.eval.inference import VLMAnswerer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _prompt(k, n_images=1):
+    images = tuple(np.full((64, 64, 3), 40 * k + 5 * j, np.uint8) for j in range(n_images))
+    return formats.Prompt(f"p{k}", "plain", "<image>" * n_images + f"Question {k}: left or right?",
+                          images, ("left", "right"))
+
+
+def test_answerer_batches_and_costs():
+    model, tokenizer = ef.tiny_vlm()
+    answerer = VLMAnswerer(model, tokenizer, batch_size=2)
+    prompts = [_prompt(k) for k in range(3)]
+    answers = answerer(prompts, max_new_tokens=4)
+    alone = answerer(prompts[2:], max_new_tokens=4)
+    assert answers[2].text == alone[0].text  # batch padding and neighbours change nothing
+    assert answerer.calls == 4
+    for p, a in zip(prompts, answers):
+        enc = answerer.encode(p)
+        assert a.prompt_tokens == len(enc["input_ids"]) and 1 <= a.generated_tokens <= 4
+        grids = np.asarray(enc["image_grid_thw"]).tolist()
+        assert grids == [[1, 4, 4]]  # 64 px -> 56 px -> 4x4 patches
+        assert a.flops == cost.vlm_flops(model.config, a.prompt_tokens, a.generated_tokens,
+                                         grids)["total"]
+
+
+def _run(args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m"] + args, cwd=ROOT, env=env, timeout=timeout,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_build_and_evaluate_end_to_end(tmp_path):
+    from w2v_jax.hf import save_vlm
+
+    suites = str(tmp_path / "suites")
+    lines = _run(["data_gen.build_eval_suites", "--out", suites, "--suites=sat_like,mindcube_like",
+                  "--per_category=2", "--seed=0"]).strip().splitlines()
+    lines = [json.loads(line) for line in lines if line.startswith("{")]  # TFDS prints too
+    assert [line["suite"] for line in lines] == ["sat_like", "mindcube_like"]
+    model, tokenizer = ef.tiny_vlm()
+    model_dir = str(tmp_path / "model")
+    save_vlm(model, model.config, model_dir)
+    tokenizer.save_pretrained(model_dir)
+    with open(os.path.join(model_dir, "preprocessor_config.json"), "w") as f:
+        json.dump({"min_pixels": 3136, "max_pixels": 12544}, f)
+    out = str(tmp_path / "out")
+    _run(["experiments.evaluate", f"--model={model_dir}", f"--suite_dir={suites}",
+          "--suites=sat_like,mindcube_like", "--blind", "--max_items=4", f"--out={out}",
+          "--batch_size=4"])
+    assert sorted(os.listdir(out)) == ["answers.jsonl", "results.json", "results.md", "sheet.png"]
+    with open(os.path.join(out, "results.json")) as f:
+        results = json.load(f)
+    assert set(results["runs"]) == {"model", "blind"}
+    assert results["runs"]["model"]["sat_like"]["categories"]["ego_movement"]["n"] == 2
+    with open(os.path.join(out, "answers.jsonl")) as f:
+        answers = [json.loads(line) for line in f]
+    assert len(answers) == 2 * (4 * 2 + 4)  # model + blind; SAT asked in both orders
