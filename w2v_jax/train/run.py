@@ -28,6 +28,7 @@ from w2v_jax import fileio
 from w2v_jax import sharding as shd
 from w2v_jax.data.builders import get_data_builder
 from w2v_jax.models.builders import get_model_builder
+from w2v_jax.train import runs
 from w2v_jax.train.checkpoint import Checkpointer
 from w2v_jax.train.losses import get_loss, registered_losses
 from w2v_jax.train.metrics import MetricsWriter
@@ -76,17 +77,27 @@ def train_from_config(config, workdir: str) -> Trainer:
 
     Writes ``workdir/config.json``, ``workdir/metrics.jsonl``, ``workdir/tensorboard/`` and
     ``workdir/checkpoints/<step>/``. Returns the Trainer (its ``model`` is the trained model).
+    ``config.loss == "grpo"`` runs the GRPO rollout loop instead (``train.grpo.train_grpo``,
+    returning its ``GRPOLoop``). A VLM run (``model.name == "vlm"``) may start from
+    ``config.init_from`` (a training workdir or a Hugging Face directory) and keeps its tokenizer
+    in ``workdir/tokenizer`` (``train.runs.vlm_run_inputs``).
     """
+    if config.loss == "grpo":
+        from w2v_jax.train.grpo import train_grpo
+
+        return train_grpo(config, workdir)
     mesh = validate_config(config)
     workdir = os.path.abspath(workdir)
-    check_resume_config(config, workdir)  # before anything is written
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        fileio.atomic_write(os.path.join(workdir, "config.json"),
-                            config.to_json_best_effort(indent=2))
+    vlm = config.model.name == "vlm"
+    if vlm:
+        runs.check_init_from(config)
+        runs.check_package_split(config, "sft")
+    config = prepare_workdir(config, workdir)
 
-    model_ctor = get_model_builder(config.model.name)(config.model)
-    model = shd.create_sharded(model_ctor, mesh)
+    if vlm:
+        model = runs.build_vlm(config, mesh)
+    else:
+        model = shd.create_sharded(get_model_builder(config.model.name)(config.model), mesh)
     trainer = Trainer(
         model,
         OptimizerConfig.from_dict(config.optimizer),
@@ -141,6 +152,20 @@ def train_from_config(config, workdir: str) -> Trainer:
     return trainer
 
 
+def prepare_workdir(config, workdir: str):
+    """Checks a resumed run's config (``check_resume_config``, before anything is written),
+    creates ``workdir``, fixes a VLM run's tokenizer (``runs.vlm_run_inputs``) and writes
+    ``config.json``; returns the (resolved) config."""
+    check_resume_config(config, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if config.model.name == "vlm":
+        config, _ = runs.vlm_run_inputs(config, workdir)
+    if jax.process_index() == 0:
+        fileio.atomic_write(os.path.join(workdir, "config.json"),
+                            config.to_json_best_effort(indent=2))
+    return config
+
+
 # Data options that change how a run reads its data, not which data it is.
 _DATA_RUNTIME_KEYS = frozenset({"num_workers", "read_threads", "prefetch", "skip_malformed",
                                 "num_eval_batches"})
@@ -185,6 +210,8 @@ def check_resume_config(config, workdir: str) -> None:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON ({e}); move it away to start a new run "
                          "there") from e
+    if config.model.name == "vlm" and os.path.isdir(os.path.join(workdir, runs.TOKENIZER_DIR)):
+        config, _ = runs.vlm_run_inputs(config, workdir)  # read-only: the tokenizer the run kept
     new = run_identity(json.loads(config.to_json_best_effort()))
     changed = [f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(saved) | set(new))
                if saved.get(k) != new.get(k)]

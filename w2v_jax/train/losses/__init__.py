@@ -7,5 +7,6 @@ from w2v_jax.train.losses.registry import get_loss, register_loss, registered_lo
 from w2v_jax.train.losses import toy  # noqa: F401  (registers "next_token")
 from w2v_jax.train.losses import flow_matching  # noqa: F401  (registers "flow_matching", "regression")
 from w2v_jax.train.losses import sft  # noqa: F401  (registers "sft")
+from w2v_jax.train.losses import grpo  # noqa: F401  (registers "grpo")
 
 __all__ = ["get_loss", "register_loss", "registered_losses"]
