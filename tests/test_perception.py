@@ -194,3 +194,26 @@ def test_launcher_help_build_and_one_line_errors(tmp_path):
     assert len(other.stderr.strip().splitlines()) == 1
     missing = _run("--num_scenes=2")
     assert missing.returncode == 2 and "--out and --num_scenes are required" in missing.stderr
+
+
+def test_base_tiny_pretrains_on_the_perception_package_and_loads_for_sft(tmp_path):
+    from experiments.configs import vlm as vlm_configs
+    from w2v_jax.train.metrics import read_metrics
+    from w2v_jax.train.run import train_from_config
+    from w2v_jax.train.runs import load_vlm
+
+    perception.build_dataset(str(tmp_path / "per"), perception.scene_seeds(9, 2), CONFIG,
+                             package.PackageConfig(eval_fraction=0.0, jsonl=False),
+                             progress=False)
+    config = vlm_configs.get_config("base_tiny")
+    assert config.trainable == "all" and not config.init_from  # from scratch, full parameter
+    assert config.data.max_target_tokens >= 48  # object lists are the longest answers
+    config.data.package_dir = str(tmp_path / "per" / "package")
+    config.eval_every_steps = 0
+    config.total_steps = 3
+    train_from_config(config, str(tmp_path / "base"))
+    assert [r["step"] for r in read_metrics(str(tmp_path / "base")) if "loss" in r] == [1, 2, 3]
+    model, tok = load_vlm(str(tmp_path / "base"))
+    assert "cylinder" in tok.decode(tok("a purple cylinder")["input_ids"])
+    sft = vlm_configs.get_config("sft_tiny")
+    assert sft.trainable == "all"  # the SFT recipe the base is handed to (init_from=BASE)
