@@ -15,7 +15,8 @@ distillation package: SFT from the base, then GRPO from the SFT run.
 perceives still scenes; ours is pretrained from scratch on the static perception set of
 ``data_gen.build_perception``, which holds no camera motion, then given to SFT with
 ``--config.init_from=BASE``), ``sft`` / ``grpo`` (the official recipes, paper.md §8–§9, for
-Qwen2.5-VL-7B: ``--config.init_from=/models/Qwen2.5-VL-7B-Instruct`` for SFT, the merged SFT model for GRPO),
+Qwen2.5-VL-7B: ``--config.init_from=/models/Qwen2.5-VL-7B-Instruct`` for SFT, the merged SFT
+model for GRPO),
 ``sft_small`` / ``grpo_small`` (the CPU-trainable student: a random ~5 M-parameter Qwen2.5-VL
 trained from scratch on this package), ``sft_tiny`` / ``grpo_tiny`` (a random tiny model for tests
 and checks: seconds). The defaults are the official run's; every small-scale change below says why.
