@@ -28,7 +28,7 @@ import dataclasses
 import json
 import os
 
-from absl import flags
+from absl import flags, logging
 
 from w2v_jax import cli, fileio
 
@@ -61,7 +61,8 @@ def _validate(argv) -> dict:
     config = perception.PerceptionConfig(resolution=FLAGS.resolution,
                                          supersample=FLAGS.supersample,
                                          views_per_scene=FLAGS.views_per_scene)
-    package_config = package.PackageConfig(seed=FLAGS.shuffle_seed,
+    # the package's grpo split is not used for pretraining: one record per task keeps it small
+    package_config = package.PackageConfig(seed=FLAGS.shuffle_seed, grpo_per_task=1,
                                            eval_fraction=FLAGS.eval_fraction, jsonl=FLAGS.jsonl)
     options = json.loads(json.dumps({"seed": FLAGS.seed, **config.to_json(),
                                      "package": dataclasses.asdict(package_config)}))
@@ -84,6 +85,7 @@ def _build(root: str, plan: dict) -> dict:
 def main(argv):
     with cli.checking():
         plan = _validate(argv)
+    logging.set_verbosity(logging.WARNING)  # TFDS logs every shard at INFO
     out = plan["out"]
     fileio.sweep_stale(os.path.dirname(out), os.path.basename(out))
     fileio.sweep_stale(out)

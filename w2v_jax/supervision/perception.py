@@ -380,7 +380,8 @@ def build_dataset(root: str, seeds: Sequence[int], config: PerceptionConfig,
     atomically). Returns the package statistics with the records per perception task."""
     from w2v_jax.supervision import package
 
-    package_config = package_config or package.PackageConfig(eval_fraction=0.05)
+    # the grpo split is unused for pretraining: one record per task
+    package_config = package_config or package.PackageConfig(grpo_per_task=1, eval_fraction=0.05)
     os.makedirs(root, exist_ok=True)
     marker = os.path.join(root, BUILD_FILE)
     if not os.path.exists(marker):
