@@ -22,7 +22,6 @@ inference's. Writes ``OUT/results.json``, ``OUT/results.md``, ``OUT/answers.json
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -58,26 +57,16 @@ _NO_CIRCULAR = flags.DEFINE_bool("no_circular", False, "SAT: skip the reversed o
 
 
 def load_model(path: str):
-    """``(model, tokenizer, image_config)`` of a Hugging Face Qwen2.5-VL directory. The one place
-    the launcher loads a VLM (training workdirs plug in here)."""
-    from w2v_jax.hf import load_vlm
-    from w2v_jax.processing.image import ImageConfig
-    from w2v_jax.processing.tokenizer import load_tokenizer
+    """``(model, tokenizer, image_config)`` of a Hugging Face Qwen2.5-VL directory or a VLM
+    training workdir (``w2v_jax.train.runs.load_vlm``; EMA weights when the run kept them)."""
+    from w2v_jax.train import runs
 
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        raise app.UsageError(f"--model={path!r} has no config.json (need a Hugging Face "
-                             "Qwen2.5-VL directory)")
-    model, _ = load_vlm(path)
-    image_config = ImageConfig()
-    pre = os.path.join(path, "preprocessor_config.json")
-    if os.path.isfile(pre):
-        with open(pre) as f:
-            d = json.load(f)
-        size = d.get("size") or {}
-        image_config = ImageConfig(
-            min_pixels=int(d.get("min_pixels", size.get("shortest_edge", image_config.min_pixels))),
-            max_pixels=int(d.get("max_pixels", size.get("longest_edge", image_config.max_pixels))))
-    return model, load_tokenizer(path), image_config
+    try:
+        image_config = runs.vlm_image_config(path)
+    except ValueError as e:
+        raise app.UsageError(f"--model: {e}") from e
+    model, tokenizer = runs.load_vlm(path)
+    return model, tokenizer, image_config
 
 
 def _need(value: str, flag: str, suite: str) -> str:

@@ -13,14 +13,21 @@ from w2v_jax.data import distill, synthetic, view_pairs
 from w2v_jax.data.sft_batch import sft_batch
 
 
-def _distill_kwargs(data, **kw) -> dict:
-    """Arguments of ``distill.sft_pipeline`` / ``grpo_pipeline`` shared by both builders."""
-    from w2v_jax.processing import ImageConfig, load_tokenizer
+def image_config(data):
+    """The ``ImageConfig`` of a VLM data config: ``data.min_pixels`` / ``max_pixels`` (0 or
+    absent: the HF / paper defaults)."""
+    from w2v_jax.processing import ImageConfig
 
     defaults = ImageConfig()
-    images = ImageConfig(min_pixels=int(data.get("min_pixels", 0) or defaults.min_pixels),
-                         max_pixels=int(data.get("max_pixels", 0) or defaults.max_pixels))
-    return dict(tokenizer=load_tokenizer(data.tokenizer_dir), image_config=images,
+    return ImageConfig(min_pixels=int(data.get("min_pixels", 0) or defaults.min_pixels),
+                       max_pixels=int(data.get("max_pixels", 0) or defaults.max_pixels))
+
+
+def _distill_kwargs(data, **kw) -> dict:
+    """Arguments of ``distill.sft_pipeline`` / ``grpo_pipeline`` shared by both builders."""
+    from w2v_jax.processing import load_tokenizer
+
+    return dict(tokenizer=load_tokenizer(data.tokenizer_dir), image_config=image_config(data),
                 skip_malformed=bool(data.get("skip_malformed", False)), **kw)
 
 

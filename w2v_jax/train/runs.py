@@ -19,7 +19,9 @@ from flax import nnx
 from w2v_jax import fileio, hf
 from w2v_jax import sharding as shd
 from w2v_jax.models import lora, world_model
+from w2v_jax.data.builders import image_config as data_image_config
 from w2v_jax.models.vlm.config import VLMConfig
+from w2v_jax.processing.image import ImageConfig
 from w2v_jax.processing.tokenizer import load_tokenizer, special_token_ids
 from w2v_jax.train.checkpoint import Checkpointer
 
@@ -134,6 +136,26 @@ def load_vlm(path: str, *, mesh=None):
     if lora.has_lora(model):
         lora.merge_lora(model)
     return model, load_tokenizer(os.path.join(path, TOKENIZER_DIR))
+
+
+def vlm_image_config(path: str) -> ImageConfig:
+    """The image pixel bounds a VLM was trained with: a Hugging Face directory's
+    ``preprocessor_config.json`` (``min_pixels``/``max_pixels`` or ``size``; HF defaults when the
+    file is absent), or a training workdir's ``config.data.min_pixels``/``max_pixels``."""
+    if init_kind(path, "path") == "workdir":
+        return data_image_config(read_run_config(path).get("data", {}))
+    file = os.path.join(path, "preprocessor_config.json")
+    if not os.path.isfile(file):
+        return ImageConfig()
+    try:
+        with open(file) as f:
+            d = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: invalid JSON ({e})") from e
+    size, base = d.get("size") or {}, ImageConfig()
+    return ImageConfig(
+        min_pixels=int(d.get("min_pixels", size.get("shortest_edge", base.min_pixels))),
+        max_pixels=int(d.get("max_pixels", size.get("longest_edge", base.max_pixels))))
 
 
 def build_vlm(config, mesh):
