@@ -100,19 +100,8 @@ def _check_out(out: str, options: dict) -> None:
     """--overwrite: only a directory this tool wrote; else resume needs the same options."""
     if FLAGS.overwrite:
         fileio.check_replaceable(out, BUILD_FILE)
-        return
-    path = os.path.join(out, BUILD_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
-        if previous != options:
-            changed = sorted(k for k in set(previous) | set(options)
-                             if previous.get(k) != options.get(k))
-            raise ValueError(f"--out {out} holds a build with other options ({changed}); "
-                             "rerun with the same flags to resume, or pass --overwrite")
-    elif os.path.lexists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise ValueError(f"--out {out} exists, is not empty and holds no {BUILD_FILE} (not a "
-                         "build of this tool); choose an empty or new directory")
+    else:
+        fileio.check_resumable(out, BUILD_FILE, options)
 
 
 def _world_model_resolution() -> int:

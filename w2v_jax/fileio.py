@@ -143,6 +143,25 @@ def check_replaceable(path: str | os.PathLike, marker: str, flag: str = "--out")
                          "--overwrite replaces only such a directory (choose another path)")
 
 
+def check_resumable(path: str | os.PathLike, marker: str, options: Any,
+                    flag: str = "--out") -> None:
+    """ValueError unless ``path`` is missing or empty, or holds ``marker`` (a JSON file) equal to
+    ``options`` (a rerun resumes only the same build; the error names the fields that differ)."""
+    path = os.path.abspath(os.fspath(path))
+    file = os.path.join(path, marker)
+    if os.path.exists(file):
+        with open(file) as f:
+            previous = json.load(f)
+        if previous != options:
+            changed = sorted(k for k in set(previous) | set(options)
+                             if previous.get(k) != options.get(k))
+            raise ValueError(f"{flag} {path} holds a build with other options ({changed}); "
+                             "rerun with the same flags to resume, or pass --overwrite")
+    elif os.path.lexists(path) and (not os.path.isdir(path) or os.listdir(path)):
+        raise ValueError(f"{flag} {path} exists, is not empty and holds no {marker} (not a "
+                         "build of this tool); choose an empty or new directory")
+
+
 def resolve_inside(root: str | os.PathLike, relpath: Any, what: str) -> str:
     """Real path of ``root/relpath``; ValueError naming ``what`` when ``relpath`` is not a
     relative path string or resolves (``..``, symlinks) outside ``root``."""
