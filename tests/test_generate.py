@@ -242,6 +242,18 @@ def test_sharded_model_generates_the_same(setup, greedy_out, tmp_path_factory):
     np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(greedy_out.logprobs), atol=1e-5)
 
 
+def test_kv_cache_is_sharded_on_the_batch_axes_under_a_mesh(setup):
+    _, model, _ = setup
+    mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+    with sharding.rules_context(mesh):
+        cache = jax.jit(lambda: model.init_cache(4, 16))()
+    spec = cache[0]["k"].sharding.spec
+    assert tuple(spec)[:1] == (sharding.BATCH_AXES,) and all(a is None for a in spec[1:])
+    assert cache[0]["k"].shape == (4, 2, 16, 16)
+    unsharded = model.init_cache(4, 16)  # no mesh: a plain array on one device
+    assert len(unsharded[0]["k"].sharding.device_set) == 1
+
+
 def test_bad_inputs_raise(setup):
     _, model, prompt = setup
     right = dict(prompt, attention_mask=prompt["attention_mask"][:, ::-1].copy())

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from w2v_jax.models.vlm import layers, rope
+from w2v_jax.sharding import with_logical_constraint
 from w2v_jax.models.vlm.config import VLMConfig
 
 KVCache = list[dict[str, jax.Array]]
@@ -109,14 +110,16 @@ class TextModel(nnx.Module):
         self.norm = layers.RMSNorm(t.hidden_size, t.rms_norm_eps, cfg)
 
     def init_cache(self, batch: int, max_length: int, dtype: Any = None) -> KVCache:
-        """Zero KV cache with ``max_length`` slots per sequence (default dtype: compute dtype)."""
+        """Zero KV cache with ``max_length`` slots per sequence (default dtype: compute dtype),
+        sharded on the batch axes of the mesh when one is set (``sharding.rules_context``)."""
         t = self.cfg
         dtype = self.embed_tokens.dtype if dtype is None else dtype
         shape = (batch, t.num_key_value_heads, max_length, t.head_dim)
-        return [
-            {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-            for _ in range(t.num_hidden_layers)
-        ]
+
+        def zeros():
+            return with_logical_constraint(jnp.zeros(shape, dtype), ("batch", None, None, None))
+
+        return [{"k": zeros(), "v": zeros()} for _ in range(t.num_hidden_layers)]
 
     def __call__(
         self,
