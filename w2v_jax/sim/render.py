@@ -23,6 +23,7 @@ fuses into a few vectorised loops (stacking channels or gathering would make it 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -381,6 +382,33 @@ def render(scene: Scene, c2w, K, height: int, width: int, supersample: int = 1) 
 def render_views(scene: Scene, c2ws, K, height: int, width: int, supersample: int = 1) -> dict:
     """One scene from N cameras ``c2ws`` (N,4,4): the outputs of :func:`render`, leading N."""
     return _render("views", scene, c2ws, K, height, width, supersample)
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderConfig:
+    """Settings of rendered still views (eval suites, the perception set).
+
+    resolution: square image side (64 px -> 56x56 after the Qwen processor, 4 image tokens);
+    hfov_deg: field of view; supersample: anti-aliasing rays per pixel side; min_visible_frac:
+    an object counts as visible in a view when it covers at least this fraction of the pixels."""
+
+    resolution: int = 64
+    hfov_deg: float = 90.0
+    supersample: int = 2
+    min_visible_frac: float = 0.005
+
+    def __post_init__(self):
+        if int(self.resolution) != self.resolution or self.resolution < 16:
+            raise ValueError(f"resolution must be an integer >= 16, got {self.resolution!r}")
+
+    @property
+    def K(self) -> np.ndarray:
+        return geometry.intrinsics_from_hfov(self.resolution, self.resolution, self.hfov_deg)
+
+    @property
+    def min_pixels(self) -> int:
+        return max(1, int(round(self.min_visible_frac * self.resolution**2)))
+
 
 
 def render_cameras(scene: Scene, c2ws, K, height: int, width: int, supersample: int = 1,

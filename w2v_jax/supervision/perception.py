@@ -37,9 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from w2v_jax import fileio, geometry
+from w2v_jax import fileio
 from w2v_jax.sim import clips as clips_lib
 from w2v_jax.sim import render_cameras
+from w2v_jax.sim.render import RenderConfig
 from w2v_jax.sim import scene as scene_lib
 from w2v_jax.supervision import build
 from w2v_jax.supervision.templates import box_text
@@ -92,12 +93,18 @@ class PerceptionConfig:
                              f"{self.near_ratio}, {self.lr_margin}")
 
     @property
+    def view(self) -> RenderConfig:
+        """The rendered views' settings (``sim.render.RenderConfig``: K, visibility pixels)."""
+        return RenderConfig(self.resolution, self.hfov_deg, self.supersample,
+                            self.min_visible_frac)
+
+    @property
     def K(self) -> np.ndarray:
-        return geometry.intrinsics_from_hfov(self.resolution, self.resolution, self.hfov_deg)
+        return self.view.K
 
     @property
     def min_pixels(self) -> int:
-        return max(1, int(round(self.min_visible_frac * self.resolution**2)))
+        return self.view.min_pixels
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -15,14 +15,12 @@ the floor), positive to the right, in degrees in (-180, 180].
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Sequence
 
 import numpy as np
 
-from w2v_jax import geometry
-from w2v_jax.sim import render_views
+from w2v_jax.sim.render import RenderConfig, render_cameras
 from w2v_jax.sim import scene as scene_lib
 
 EVAL_SEED_BASE = 2**32
@@ -37,43 +35,14 @@ def eval_scene_seed(suite: str, seed: int, stream: int, attempt: int) -> int:
     return EVAL_SEED_BASE + int(state.generate_state(1)[0])
 
 
-@dataclasses.dataclass(frozen=True)
-class RenderConfig:
-    """resolution: square image side (64 px -> 56x56 after the Qwen processor, 4 image tokens);
-    hfov_deg: field of view; supersample: anti-aliasing rays per pixel side; min_visible_frac:
-    an object counts as visible in a view when it covers at least this fraction of the pixels."""
-
-    resolution: int = 64
-    hfov_deg: float = 90.0
-    supersample: int = 2
-    min_visible_frac: float = 0.005
-
-    def __post_init__(self):
-        if int(self.resolution) != self.resolution or self.resolution < 16:
-            raise ValueError(f"resolution must be an integer >= 16, got {self.resolution!r}")
-
-    @property
-    def K(self) -> np.ndarray:
-        return geometry.intrinsics_from_hfov(self.resolution, self.resolution, self.hfov_deg)
-
-    @property
-    def min_pixels(self) -> int:
-        return max(1, int(round(self.min_visible_frac * self.resolution**2)))
-
-
 RENDER_CHUNK = 4  # cameras per jitted render call: one compilation for every suite
 
 
 def render(scene, c2ws: np.ndarray, config: RenderConfig) -> dict:
-    """Views of ``scene`` from cameras (N,4,4): numpy outputs of ``sim.render_views`` plus
-    ``image`` (N,H,W,3) uint8. Cameras go in chunks of ``RENDER_CHUNK`` (the last padded)."""
+    """Views of ``scene`` from cameras (N,4,4): numpy outputs of ``sim.render_cameras`` (chunks
+    of ``RENDER_CHUNK`` cameras) plus ``image`` (N,H,W,3) uint8."""
     res = config.resolution
-    c2ws = np.asarray(c2ws, np.float32)
-    n = len(c2ws)
-    padded = np.concatenate([c2ws, np.repeat(c2ws[-1:], (-n) % RENDER_CHUNK, 0)])
-    parts = [render_views(scene, padded[s:s + RENDER_CHUNK], config.K, res, res,
-                          config.supersample) for s in range(0, len(padded), RENDER_CHUNK)]
-    out = {k: np.concatenate([np.asarray(p[k]) for p in parts])[:n] for k in parts[0]}
+    out = render_cameras(scene, c2ws, config.K, res, res, config.supersample, RENDER_CHUNK)
     out["image"] = np.round(np.clip(out["rgb"], 0.0, 1.0) * 255.0).astype(np.uint8)
     return out
 
