@@ -196,6 +196,7 @@ def test_launcher_help_build_and_one_line_errors(tmp_path):
     assert missing.returncode == 2 and "--out and --num_scenes are required" in missing.stderr
 
 
+@pytest.mark.slow
 def test_base_tiny_pretrains_on_the_perception_package_and_loads_for_sft(tmp_path):
     from experiments.configs import vlm as vlm_configs
     from w2v_jax.train.metrics import read_metrics
