@@ -13,7 +13,7 @@ import vlm_fixtures as vf
 from flax import nnx
 
 from w2v_jax import sharding
-from w2v_jax.models.vlm.config import TextConfig, VLMConfig
+from w2v_jax.models.vlm.config import VLMConfig, fit_to_tokenizer
 from w2v_jax.models.vlm.model import Qwen2_5_VL
 from w2v_jax.processing import train_tokenizer
 
@@ -24,12 +24,7 @@ CORPUS = ["rotated left and moved forward", "turn right by 24 degrees", "look st
 @functools.lru_cache(maxsize=None)
 def tiny_vlm(seed: int = 0):
     tokenizer, ids = train_tokenizer(CORPUS, 400)
-    base = VLMConfig.from_hf_dict(vf.tiny_hf_config().to_dict())
-    text = TextConfig(**{**base.text.__dict__, "vocab_size": len(tokenizer),
-                         "eos_token_id": ids["eos_token_id"], "bos_token_id": None})
-    config = base.replace(text=text, image_token_id=ids["image_token_id"],
-                          video_token_id=ids["video_token_id"],
-                          vision_start_token_id=ids["vision_start_token_id"],
-                          vision_end_token_id=ids["vision_end_token_id"])
+    config = VLMConfig.from_hf_dict(fit_to_tokenizer(vf.tiny_hf_config().to_dict(),
+                                                     len(tokenizer), ids))
     model = sharding.create_unsharded(lambda: Qwen2_5_VL(config, rngs=nnx.Rngs(seed)))
     return model, tokenizer

@@ -26,7 +26,7 @@ from w2v_jax.eval import formats, runner
 from w2v_jax.eval.inference import VLMAnswerer
 from w2v_jax.eval.suites import sat_like
 from w2v_jax.eval.test_time import MindJourney, SearchConfig
-from w2v_jax.models.vlm.config import TextConfig, VisionConfig, VLMConfig
+from w2v_jax.models.vlm.config import VLMConfig, fit_to_tokenizer, hf_config_dict
 from w2v_jax.models.vlm.model import Qwen2_5_VL
 from w2v_jax.models.world_model import WorldModelConfig, build
 from w2v_jax.processing import train_tokenizer
@@ -42,16 +42,9 @@ def tiny_vlm(seed: int):
     corpus = ["rotated left and moved forward", "turn right by 24 degrees", "closer further",
               "Output: 3,5,2,9,0,1"] * 20
     tokenizer, ids = train_tokenizer(corpus, 400)
-    config = VLMConfig(
-        text=TextConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                        mrope_section=(2, 3, 3), eos_token_id=ids["eos_token_id"],
-                        bos_token_id=None),
-        vision=VisionConfig(depth=2, hidden_size=64, intermediate_size=96, num_heads=4,
-                            out_hidden_size=64, window_size=56, fullatt_block_indexes=(1,)),
-        image_token_id=ids["image_token_id"], video_token_id=ids["video_token_id"],
-        vision_start_token_id=ids["vision_start_token_id"],
-        vision_end_token_id=ids["vision_end_token_id"])
+    # the tiny test model (2-block vision tower) sized to the tokenizer
+    sizes = hf_config_dict(vision_depth=2, fullatt_block_indexes=(1,))
+    config = VLMConfig.from_hf_dict(fit_to_tokenizer(sizes, len(tokenizer), ids))
     return sharding.create_unsharded(lambda: Qwen2_5_VL(config, rngs=nnx.Rngs(seed))), tokenizer
 
 

@@ -20,7 +20,7 @@ from w2v_jax import fileio, hf
 from w2v_jax import sharding as shd
 from w2v_jax.models import lora, world_model
 from w2v_jax.data.builders import image_config as data_image_config
-from w2v_jax.models.vlm.config import VLMConfig
+from w2v_jax.models.vlm.config import VLMConfig, fit_to_tokenizer
 from w2v_jax.processing.image import ImageConfig
 from w2v_jax.processing.tokenizer import load_tokenizer, special_token_ids
 from w2v_jax.train.checkpoint import Checkpointer
@@ -233,13 +233,8 @@ def vlm_run_inputs(config, workdir: str):
                 f"{cfg.image_token_id}) does not fit the tokenizer (size {len(tok)}, image token "
                 f"{ids['image_token_id']})")
     else:
-        hf_cfg = config.model.hf_config
-        hf_cfg.text_config.vocab_size = len(tok)
-        for key in ("image_token_id", "video_token_id", "vision_start_token_id",
-                    "vision_end_token_id"):
-            hf_cfg[key] = ids[key]
-        hf_cfg.text_config.eos_token_id = ids["eos_token_id"]
-        hf_cfg.text_config.pad_token_id = ids["pad_token_id"]
+        config.model.hf_config = fit_to_tokenizer(config.model.hf_config.to_dict(), len(tok),
+                                                  ids)
     return config, tok
 
 

@@ -431,3 +431,20 @@ def hf_config_dict(
         "eos_token_id": ids["eos"], "pad_token_id": ids["pad"],
         "tie_word_embeddings": tie_word_embeddings,
     }
+
+
+TOKENIZER_IDS = ("image_token_id", "video_token_id", "vision_start_token_id",
+                 "vision_end_token_id")
+
+
+def fit_to_tokenizer(d: Mapping[str, Any], vocab_size: int,
+                     ids: Mapping[str, int]) -> dict[str, Any]:
+    """A copy of a ``config.json`` dict (``hf_config_dict`` layout) sized to a tokenizer: text
+    ``vocab_size``, ``eos``/``pad`` and the vision special-token ids from ``ids``
+    (``processing.tokenizer.special_token_ids``); ``bos`` is dropped (Qwen uses none)."""
+    out = {**d, "text_config": dict(d["text_config"])}
+    out["text_config"].update(vocab_size=int(vocab_size), eos_token_id=ids["eos_token_id"],
+                              pad_token_id=ids["pad_token_id"], bos_token_id=None)
+    out.update({k: ids[k] for k in TOKENIZER_IDS})
+    out["eos_token_id"], out["pad_token_id"] = ids["eos_token_id"], ids["pad_token_id"]
+    return out
