@@ -28,31 +28,27 @@ import ml_collections
 
 from experiments.configs import common
 from w2v_jax.models.lora import DEFAULT_PATTERN
+from w2v_jax.models.vlm.config import hf_config_dict
 
 ARGS = ("sft", "grpo", "sft_small", "grpo_small", "sft_tiny", "grpo_tiny", "base_small",
         "base_tiny")
 
 
-def _text(hidden, layers, heads, kv_heads, mlp, mrope):
-    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                num_key_value_heads=kv_heads, intermediate_size=mlp, rms_norm_eps=1e-6,
-                vocab_size=0,  # 0: sized to the run's tokenizer (train.runs.vlm_run_inputs)
-                rope_parameters=dict(rope_type="default", rope_theta=1e6, mrope_section=mrope))
-
-
-def _vision(hidden, depth, heads, mlp, out, fullatt):
-    return dict(depth=depth, hidden_size=hidden, num_heads=heads, intermediate_size=mlp,
-                out_hidden_size=out, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
-                window_size=112, fullatt_block_indexes=fullatt)
-
-
 # Random students (no pretrained Qwen2.5-VL is this small): the text/vision widths of the tiny
 # test fixture scale and of the CPU-trainable small model (~5 M parameters with a 1k vocabulary).
+# The vocabulary and special-token ids are placeholders: a run without init_from sizes them to its
+# tokenizer (train.runs.vlm_run_inputs, models.vlm.config.fit_to_tokenizer).
+_STUDENT = dict(vocab_size=1024, rope_theta=1e6, window_size=112)
 PRESETS = {
-    "tiny": dict(model_type="qwen2_5_vl", text_config=_text(64, 2, 4, 2, 128, [2, 3, 3]),
-                 vision_config=_vision(64, 2, 4, 96, 64, [1]), tie_word_embeddings=False),
-    "small": dict(model_type="qwen2_5_vl", text_config=_text(256, 4, 4, 2, 768, [8, 12, 12]),
-                  vision_config=_vision(128, 4, 4, 256, 256, [3]), tie_word_embeddings=False),
+    "tiny": hf_config_dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, intermediate_size=128, mrope_section=(2, 3, 3),
+                           vision_depth=2, vision_hidden_size=64, vision_num_heads=4,
+                           vision_intermediate_size=96, fullatt_block_indexes=(1,), **_STUDENT),
+    "small": hf_config_dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                            num_key_value_heads=2, intermediate_size=768,
+                            mrope_section=(8, 12, 12), vision_depth=4, vision_hidden_size=128,
+                            vision_num_heads=4, vision_intermediate_size=256,
+                            fullatt_block_indexes=(3,), **_STUDENT),
 }
 
 
