@@ -34,7 +34,6 @@ from absl import flags
 
 from w2v_jax import cli, fileio
 
-BUILD_FILE = "build.json"
 
 flags.DEFINE_enum("teacher", "renderer", ["renderer", "world_model"],
                   "Who supplies the views after each trajectory: the renderer (oracle) or the "
@@ -98,10 +97,12 @@ def _options(resolution: int) -> dict:
 
 def _check_out(out: str, options: dict) -> None:
     """--overwrite: only a directory this tool wrote; else resume needs the same options."""
+    from w2v_jax.supervision import build
+
     if FLAGS.overwrite:
-        fileio.check_replaceable(out, BUILD_FILE)
+        fileio.check_replaceable(out, build.BUILD_FILE)
     else:
-        fileio.check_resumable(out, BUILD_FILE, options)
+        fileio.check_resumable(out, build.BUILD_FILE, options)
 
 
 def _world_model_resolution() -> int:
@@ -155,16 +156,10 @@ def _validate(argv) -> dict:
 
 def _build(root: str, plan: dict, teacher) -> dict:
     """build.json (if new), the missing shards and the package under ``root``."""
-    from w2v_jax.supervision import build, package
+    from w2v_jax.supervision import build
 
-    if not os.path.exists(os.path.join(root, BUILD_FILE)):
-        fileio.atomic_write_json(os.path.join(root, BUILD_FILE), plan["options"])
-    done = build.build_shards(os.path.join(root, "shards"), plan["seeds"], plan["config"],
-                              teacher, progress=FLAGS.progress)
-    print(f"scenes built {done['built']}, skipped (already finished) {done['skipped']}")
-    return package.write_package(
-        done["shards"], os.path.join(root, "package"), plan["package"],
-        extra_stats={"build": plan["options"], "num_scenes": FLAGS.num_scenes})
+    return build.build_dataset(root, plan["seeds"], plan["config"], teacher, plan["package"],
+                               options=plan["options"], progress=FLAGS.progress)
 
 
 def _print_stats(stats: dict) -> None:

@@ -23,12 +23,10 @@ inference's. Writes ``OUT/results.json``, ``OUT/results.md``, ``OUT/answers.json
 from __future__ import annotations
 
 import os
-import time
 
-import numpy as np
 from absl import app, flags
 
-from w2v_jax.eval import formats, loaders, report, runner, store
+from w2v_jax.eval import loaders, report, store
 
 REAL = ("sat_real", "sat_synth", "vsibench", "mindcube")
 
@@ -93,32 +91,6 @@ def load_items(name: str) -> list[dict]:
     return store.load_suite(os.path.join(_need(_SUITE_DIR.value, "suite_dir", name), name))
 
 
-def mean_cost(records) -> dict:
-    keys = ("prompt_tokens", "generated_tokens", "flops", "wall_s")
-    plain = [r for r in records if r["variant"] == "plain"]
-    return {k: float(np.mean([r[k] for r in plain])) for k in keys} if plain else {}
-
-
-def run_test_time(model, tokenizer, image_config, items) -> list[dict]:
-    from tqdm import tqdm
-
-    from w2v_jax.eval.inference import VLMAnswerer
-    from w2v_jax.eval.test_time import MindJourney, SearchConfig
-    from w2v_jax.supervision.teachers import WorldModelTeacher
-    from w2v_jax.processing.image import load_image
-    from w2v_jax.train.runs import load_world_model
-
-    teacher = WorldModelTeacher(load_world_model(_WM.value), steps=_WM_STEPS.value,
-                                cfg=_WM_CFG.value)
-    search = MindJourney(VLMAnswerer(model, tokenizer, image_config, batch_size=1), teacher,
-                         SearchConfig(scorer=_TEST_TIME.value))
-    out = []
-    for item in tqdm([i for i in items if formats.format_of(i) == "sat"], desc="test-time"):
-        K = np.asarray(item["meta"]["K"]) if "K" in item["meta"] else None
-        out.append(search.search(item, [load_image(im) for im in item["images"]], K))
-    return out
-
-
 def main(argv):
     del argv
     if not _MODEL.value or not _OUT.value:
@@ -126,40 +98,26 @@ def main(argv):
     if _TEST_TIME.value and not _WM.value:
         raise app.UsageError("--test_time needs --world_model=RUN (a world-model training "
                              "workdir)")
-    from w2v_jax.eval.inference import VLMAnswerer
+    from w2v_jax.eval.evaluate import evaluate
 
     model, tokenizer, image_config = load_model(_MODEL.value)
     items = []
     for name in _SUITES.value:
         loaded = load_items(name)
         items += loaded[:_MAX_ITEMS.value] if _MAX_ITEMS.value else loaded
-    answerer = VLMAnswerer(model, tokenizer, image_config, batch_size=_BATCH.value, progress=True)
-    t0 = time.time()
-    records = runner.run(answerer, items, circular=not _NO_CIRCULAR.value)
-    results = {"model": _MODEL.value, "suites": _SUITES.value,
-               "runs": {"model": runner.aggregate(items, records)},
-               "hygiene": runner.hygiene(items), "cost": {"model": mean_cost(records)},
-               "wall_s": {"model": time.time() - t0}}
-    if _BLIND.value:
-        blind = runner.run(answerer, items, blind=True, circular=not _NO_CIRCULAR.value)
-        results["runs"]["blind"] = runner.aggregate(items, blind)
-        results["leaks"] = runner.leaks(results["runs"]["blind"])
-        records += blind
+    search = teacher = None
     if _TEST_TIME.value:
-        searched = run_test_time(model, tokenizer, image_config, items)
-        sat_items = [i for i in items if formats.format_of(i) == "sat"]
-        if searched:
-            flat = [dict(r, variant="plain") for r in searched]
-            results["runs"][f"test_time_{_TEST_TIME.value}"] = runner.aggregate(sat_items, flat)
-            keys = searched[0]["cost"].keys()
-            tt = {k: float(np.mean([r["cost"][k] for r in searched])) for k in keys}
-            plain = mean_cost([r for r in records if r["id"] in {s["id"] for s in searched}
-                               and not r["blind"]])
-            tt["flops_ratio_vs_plain"] = (tt["world_model_flops"] + tt["vlm_flops"]) / \
-                max(plain["flops"], 1.0)
-            tt["wall_ratio_vs_plain"] = tt["wall_s"] / max(plain["wall_s"], 1e-9)
-            results["cost"][f"test_time_{_TEST_TIME.value}"] = tt
-            records += [dict(r, variant="test_time") for r in searched]
+        from w2v_jax.eval.test_time import SearchConfig
+        from w2v_jax.supervision.teachers import WorldModelTeacher
+        from w2v_jax.train.runs import load_world_model
+
+        search = SearchConfig(scorer=_TEST_TIME.value)
+        teacher = WorldModelTeacher(load_world_model(_WM.value), steps=_WM_STEPS.value,
+                                    cfg=_WM_CFG.value)
+    results, records = evaluate(model, tokenizer, image_config, items, blind=_BLIND.value,
+                                circular=not _NO_CIRCULAR.value, search=search,
+                                teacher=teacher, batch_size=_BATCH.value)
+    results = {"model": _MODEL.value, "suites": _SUITES.value, **results}
     report.write_outputs(_OUT.value, results, records, items)
     print(report.markdown(results))
 

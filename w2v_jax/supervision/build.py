@@ -374,6 +374,30 @@ def build_shards(
             "shards": [shard_dir(shards_root, s) for s in seeds]}
 
 
+BUILD_FILE = "build.json"
+
+
+def build_dataset(root: str, seeds: Sequence[int], config: BuildConfig, teacher: Teacher,
+                  package_config=None, *, options: Mapping[str, Any] | None = None,
+                  progress: bool = True) -> dict:
+    """The whole distillation set under ``root``: BUILD_FILE (``options``, written once: it marks
+    the directory as a build's), shards/ (missing scenes only: resumable) and package/
+    (``supervision.package.write_package``, rebuilt atomically). Returns the package
+    statistics."""
+    from w2v_jax.supervision import package
+
+    package_config = package_config or package.PackageConfig()
+    os.makedirs(root, exist_ok=True)
+    marker = os.path.join(root, BUILD_FILE)
+    if not os.path.exists(marker):
+        fileio.atomic_write_json(marker, dict(options or {}))
+    done = build_shards(os.path.join(root, "shards"), seeds, config, teacher, progress=progress)
+    print(f"scenes built {done['built']}, skipped (already finished) {done['skipped']}")
+    return package.write_package(
+        done["shards"], os.path.join(root, "package"), package_config,
+        extra_stats={"build": dict(options or {}), "num_scenes": len(seeds)})
+
+
 # ----------------------------------------------------------------------------- fidelity
 def _same_object(a: Mapping[str, Any], b: Mapping[str, Any], min_iou: float,
                  check_last: bool) -> bool:

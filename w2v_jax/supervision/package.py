@@ -55,18 +55,24 @@ BINARY_LABELS = {"A4": ("claim_true", "true", "false"), "D2": ("disappears", "ye
 class PackageConfig:
     """seed: shuffles, A4 labelling and the eval-scene choice; grpo_per_task: GRPO records per
     task type; eval_fraction: share of scenes held out (0 = no eval split); jsonl: also write the
-    JSONL exports and the images/ directory."""
+    JSONL exports and the images/ directory; tasks: keep only these task types in every split
+    (empty: all; the forward-only / inverse-only ablations)."""
 
     seed: int = 42
     grpo_per_task: int = 125
     eval_fraction: float = 0.1
     jsonl: bool = True
+    tasks: tuple[str, ...] = ()
 
     def __post_init__(self):
         if int(self.grpo_per_task) != self.grpo_per_task or self.grpo_per_task < 1:
             raise ValueError(f"grpo_per_task must be an integer >= 1, got {self.grpo_per_task!r}")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        unknown = sorted(set(self.tasks) - set(build.TASK_TYPES))
+        if unknown:
+            raise ValueError(f"tasks has unknown task types {unknown}; allowed {build.TASK_TYPES}")
+        object.__setattr__(self, "tasks", tuple(self.tasks))
 
 
 # ----------------------------------------------------------------------------- record formats
@@ -123,7 +129,8 @@ def make_splits(shards: Sequence[Mapping[str, Any]], config: PackageConfig = Pac
         for s in seed_list:
             recs.extend(by_seed[s]["records"])
             cands.extend(by_seed[s]["a4_candidates"])
-        return _with_ids(recs + build.label_a4(cands, a4_seed))
+        out = _with_ids(recs + build.label_a4(cands, a4_seed))
+        return [r for r in out if not config.tasks or r["task_type"] in config.tasks]
 
     rng = random.Random(config.seed)
     sft = records_of(train_seeds, config.seed)

@@ -113,9 +113,14 @@ def init_kind(path: str, field: str = "config.init_from") -> str:
 
 
 def _vlm_config(path: str, kind: str) -> VLMConfig:
+    """The architecture of a VLM directory; a run started from ``init_from`` has that model's
+    (its own ``model.hf_config`` is ignored then), so the chain is followed."""
     if kind == "hf":
         return hf.read_config(path)
-    return VLMConfig.from_hf_dict(dict(read_run_config(path)["model"]["hf_config"]))
+    run = read_run_config(path)
+    if run.get("init_from"):
+        return _vlm_config(run["init_from"], init_kind(run["init_from"]))
+    return VLMConfig.from_hf_dict(dict(run["model"]["hf_config"]))
 
 
 def load_vlm(path: str, *, mesh=None):
