@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# the main job at demo size (<= 15 min on 2 cores), from the released teacher and base VLM
 demo: $(STAMP)
-	$(PY) -m experiments.demo
+	$(PY) -m experiments.reproduce --config=experiments/configs/reproduce.py:demo \
+	  --workdir=out/reproduce_demo --cpu_devices=2
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -322,3 +322,18 @@ def test_world_model_teacher_runs_through_the_pipeline():
     stats = result["stats"]
     assert stats["trajectories"] == 9 and result["oracle_records"] is not None
     assert stats["qc_rejected"] == 9 and stats["qc_reasons"].get("blur", 0) >= 9
+
+
+def test_task_subsets_keep_only_their_tasks_with_the_full_sets_ids(built):
+    from w2v_jax.supervision import package
+
+    _, results = built
+    shards = [dict(r, scene_seed=s) for s, r in zip(built[0], results)]
+    full = package.make_splits(shards, package.PackageConfig(eval_fraction=0.34))
+    forward = package.make_splits(shards, package.PackageConfig(eval_fraction=0.34,
+                                                                tasks=("A4", "D1", "D2", "D4")))
+    for split in ("sft", "eval"):
+        want = {r["id"] for r in full[split] if r["task_type"] in ("A4", "D1", "D2", "D4")}
+        assert want and {r["id"] for r in forward[split]} == want
+    with pytest.raises(ValueError, match="unknown task types \\['A9'\\]"):
+        package.PackageConfig(tasks=("A9",))

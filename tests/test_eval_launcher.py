@@ -73,3 +73,29 @@ def test_build_and_evaluate_end_to_end(tmp_path):
     with open(os.path.join(out, "answers.jsonl")) as f:
         answers = [json.loads(line) for line in f]
     assert len(answers) == 2 * (4 * 2 + 4)  # model + blind; SAT asked in both orders
+
+
+def test_evaluate_runs_the_search_on_a_per_category_subset_with_its_cost(tmp_path):
+    from w2v_jax.eval import evaluate, store, suites
+    from w2v_jax.eval.test_time import SearchConfig
+    from w2v_jax.models.world_model import WorldModelConfig, build
+    from w2v_jax.processing.image import ImageConfig
+    from w2v_jax.supervision.teachers import WorldModelTeacher
+
+    config = suites.common.RenderConfig(resolution=16)
+    suites.build_suite(str(tmp_path), "sat_like", seed=0, per_category=2, config=config)
+    items = store.load_suite(str(tmp_path / "sat_like"))
+    assert len(evaluate.sat_items(items, 1)) == 5  # one of each of the 5 categories
+    model, tokenizer = ef.tiny_vlm()
+    teacher = WorldModelTeacher(build(WorldModelConfig.preset("tiny")), steps=1)
+    results, records = evaluate.evaluate(
+        model, tokenizer, ImageConfig(min_pixels=3136, max_pixels=3136), items,
+        search=SearchConfig(scorer="all", steps=1, max_evidence=2), teacher=teacher,
+        search_per_category=1, batch_size=4, progress=False)
+    searched = [r for r in records if r["variant"] == "test_time"]
+    assert len(searched) == 5 and len([r for r in records if r["variant"] == "plain"]) == 10
+    cost = results["cost"]["test_time_all"]
+    assert cost["world_model_calls"] == 3  # the three primitives, one step
+    assert cost["flops"] == pytest.approx(cost["world_model_flops"] + cost["vlm_flops"])
+    assert cost["flops_ratio_vs_plain"] > 1
+    assert results["runs"]["test_time_all"]["sat_like"]["categories"]["goal_aim"]["n"] == 1

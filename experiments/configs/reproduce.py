@@ -81,8 +81,10 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
                 "inverse_only"),
         search_model="base", blind_model="world2vlm",
         # MindJourney's released search (beam 2, 3 steps, VLM scorer), evidence capped at 6 views
-        # (the small student's context: 4 tokens per 32 px view)
-        search=ml_collections.ConfigDict(dict(scorer="vlm", steps=3, beam=2, max_evidence=6))))
+        # (the small student's context: 4 tokens per 32 px view), on the first 30 questions of
+        # each SAT-like category (it costs tens of plain answers per question; 0 = all)
+        search=ml_collections.ConfigDict(dict(scorer="vlm", steps=3, beam=2, max_evidence=6,
+                                              per_category=30))))
 
     c.report = ml_collections.ConfigDict(dict(
         name=f"reproduce_{arg}", results_dir="results" if arg == "small" else "",
@@ -118,6 +120,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
         c.evaluate.models = ("base", "world2vlm_sft", "world2vlm")
         c.evaluate.search.steps = 2
         c.evaluate.search.max_evidence = 4
+        c.evaluate.search.per_category = 10
     else:  # tiny: every stage in seconds (tests)
         c.progress = False
         for run in (c.base, c.sft, c.grpo):
@@ -146,5 +149,6 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
         c.evaluate.search.steps = 1
         c.evaluate.search.beam = 1
         c.evaluate.search.max_evidence = 2
+        c.evaluate.search.per_category = 0
         c.release.max_mb = 60
     return c

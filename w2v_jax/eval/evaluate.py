@@ -31,6 +31,22 @@ def mean_cost(records: Sequence[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in plain])) for k in COST_KEYS} if plain else {}
 
 
+def sat_items(items: Sequence[dict], per_category: int = 0) -> list[dict]:
+    """The SAT-format items (the search's), the first ``per_category`` of each category when
+    > 0."""
+    sat = [i for i in items if formats.format_of(i) == "sat"]
+    if not per_category:
+        return sat
+    taken: dict = {}
+    out = []
+    for item in sat:
+        key = (item["suite"], item["category"])
+        if taken.get(key, 0) < per_category:
+            taken[key] = taken.get(key, 0) + 1
+            out.append(item)
+    return out
+
+
 def search_items(search, items: Sequence[dict], progress: bool = True) -> list[dict]:
     """``search.search`` (``test_time.MindJourney``) over the SAT-format items, images decoded."""
     from tqdm.auto import tqdm
@@ -38,7 +54,7 @@ def search_items(search, items: Sequence[dict], progress: bool = True) -> list[d
     from w2v_jax.processing.image import load_image
 
     out = []
-    sat = [i for i in items if formats.format_of(i) == "sat"]
+    sat = sat_items(items)
     for item in tqdm(sat, desc="test-time search", disable=not progress):
         K = np.asarray(item["meta"]["K"]) if "K" in item["meta"] else None
         out.append(search.search(item, [load_image(im) for im in item["images"]], K))
@@ -59,10 +75,12 @@ def search_cost(searched: Sequence[dict], plain_records: Sequence[dict]) -> dict
 
 
 def evaluate(model, tokenizer, image_config, items: Sequence[dict], *, blind: bool = False,
-             circular: bool = True, search=None, teacher=None, batch_size: int = 8,
-             progress: bool = True) -> tuple[dict, list[dict]]:
+             circular: bool = True, search=None, teacher=None, search_per_category: int = 0,
+             batch_size: int = 8, progress: bool = True) -> tuple[dict, list[dict]]:
     """Module doc. ``search``: a ``test_time.SearchConfig`` (None: no search) run with
-    ``teacher`` (the teacher seam: ``supervision.teachers.WorldModelTeacher``)."""
+    ``teacher`` (the teacher seam: ``supervision.teachers.WorldModelTeacher``) on the SAT-format
+    items (the first ``search_per_category`` of each category when > 0: the search costs tens of
+    plain answers per question)."""
     from w2v_jax.eval.inference import VLMAnswerer
 
     if search is not None and teacher is None:
@@ -87,12 +105,12 @@ def evaluate(model, tokenizer, image_config, items: Sequence[dict], *, blind: bo
 
         t0 = time.time()
         single = VLMAnswerer(model, tokenizer, image_config, batch_size=1)
-        searched = search_items(MindJourney(single, teacher, search), items, progress)
+        searched_items = sat_items(items, search_per_category)
+        searched = search_items(MindJourney(single, teacher, search), searched_items, progress)
         if searched:
             name = f"test_time_{search.scorer}"
-            sat_items = [i for i in items if formats.format_of(i) == "sat"]
             results["runs"][name] = runner.aggregate(
-                sat_items, [dict(r, variant="plain") for r in searched])
+                searched_items, [dict(r, variant="plain") for r in searched])
             results["cost"][name] = search_cost(searched, records)
             results["wall_s"][name] = time.time() - t0
             records += [dict(r, variant="test_time") for r in searched]

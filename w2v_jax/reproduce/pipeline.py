@@ -84,7 +84,8 @@ def results_paths(config, workdir: str) -> dict:
     r = config.report
     out = {"dir": st.stage_dir(workdir, "report")}
     for key, suffix in (("json", ".json"), ("md", ".md"), ("bars", "_accuracy.png"),
-                        ("curve", "_grpo_reward.png"), ("sheet", "_sheet.png")):
+                        ("curve", "_grpo_reward.png"), ("sheet", "_sheet.png"),
+                        ("examples", "_examples.jsonl")):
         out[key] = os.path.join(out["dir"], r.name + suffix)
         if r.results_dir:
             out["published_" + key] = os.path.join(r.results_dir, r.name + suffix)
@@ -126,11 +127,12 @@ def report(config, workdir: str) -> dict:
             _, records = report_lib._read(eval_dir, name)
             answers[name] = {r["id"]: r["response"] for r in records
                              if r["variant"] == "plain" and not r["blind"]}
-    report_lib.plot_sheet(st.eval_items(config, workdir), answers, paths["sheet"],
-                          st._world_model_teacher(config, workdir))
+    items = st.eval_items(config, workdir)
+    report_lib.plot_sheet(items, answers, paths["sheet"], st._world_model_teacher(config, workdir))
+    fileio.atomic_write(paths["examples"], report_lib.examples_jsonl(items, answers))
     fileio.atomic_write_json(paths["json"], summary, indent=1)
     fileio.atomic_write(paths["md"], report_lib.markdown(summary))
-    for key in ("json", "md", "bars", "curve", "sheet"):
+    for key in ("json", "md", "bars", "curve", "sheet", "examples"):
         if "published_" + key in paths and os.path.isfile(paths[key]):
             os.makedirs(os.path.dirname(paths["published_" + key]), exist_ok=True)
             with open(paths[key], "rb") as f:

@@ -207,6 +207,39 @@ def markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def examples_jsonl(items: Sequence[dict], answers: Mapping[str, Mapping[str, str]],
+                   per_suite: int = 6) -> str:
+    """A few held-out items (images as base64 PNG) with each model's greedy answer: what the
+    released models must answer again (tests/test_released_models.py)."""
+    import base64
+
+    chosen = []
+    for suite in sorted({i["suite"] for i in items}):
+        its = [i for i in items if i["suite"] == suite]
+        cats = sorted({i["category"] for i in its})
+        picked = [next(i for i in its if i["category"] == c) for c in cats][:per_suite]
+        chosen += picked
+    lines = []
+    for item in chosen:
+        row = {k: item[k] for k in ("id", "suite", "category", "question", "choices", "answer",
+                                    "meta")}
+        row["images"] = [base64.b64encode(bytes(im)).decode() for im in item["images"]]
+        row["responses"] = {m: by_id.get(item["id"]) for m, by_id in answers.items()}
+        lines.append(json.dumps(row))
+    return "\n".join(lines) + "\n"
+
+
+def read_examples(path: str) -> list[dict]:
+    """``examples_jsonl`` back: items with PNG bytes and the recorded ``responses``."""
+    import base64
+
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    for row in rows:
+        row["images"] = [base64.b64decode(im) for im in row["images"]]
+    return rows
+
+
 # ----------------------------------------------------------------------------- pictures
 def _plt():
     import matplotlib

@@ -356,7 +356,9 @@ def evaluate(config, workdir: str) -> dict:
         t0 = time.time()
         results, records = run_eval(model, tokenizer, runs.vlm_image_config(path), items,
                                     blind=name == e.blind_model, search=search,
-                                    teacher=teacher_obj, batch_size=e.batch_size,
+                                    teacher=teacher_obj,
+                                    search_per_category=e.search.per_category,
+                                    batch_size=e.batch_size,
                                     progress=config.progress)
         results = {"model": path, **results}
         report.write_outputs(out, results, records, items)

@@ -1,4 +1,4 @@
-r"""`make demo`: the deepest real slice of the pipeline so far.
+r"""A look at the procedural world: rooms, World2VLM trajectories and their JAX renders.
 
 Samples a few procedural rooms, moves a camera along World2VLM trajectories, renders them with the
 JAX ray caster and writes
@@ -7,7 +7,7 @@ JAX ray caster and writes
   OUT/contact_sheet.json  the same rows as data: scene seed, kind, actions, frame indices, objects;
   OUT/clips/              a small posed-clip dataset (TFDS array_record, train/eval by scene).
 
-  python -m experiments.demo [--out ./out/demo] [--seed 0] [--num_scenes 4]
+  python -m experiments.render_preview [--out ./out/preview] [--seed 0] [--num_scenes 4]
 """
 
 import json
@@ -19,10 +19,10 @@ from absl import app, flags, logging
 from PIL import Image, ImageDraw
 
 flags.DEFINE_string(
-    "out", "./out/demo", "Output directory (its contact sheet and clips/ are replaced)."
+    "out", "./out/preview", "Output directory (its contact sheet and clips/ are replaced)."
 )
 flags.DEFINE_integer("seed", 0, "Run seed.")
-flags.DEFINE_integer("num_scenes", 4, "Scenes in the demo clip dataset.")
+flags.DEFINE_integer("num_scenes", 4, "Scenes in the preview clip dataset.")
 flags.DEFINE_integer("sheet_resolution", 96, "Pixel side of each contact-sheet frame.")
 flags.DEFINE_integer("sheet_columns", 7, "Frames per contact-sheet row.")
 
