@@ -105,7 +105,8 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
         c.sft.eval_every_steps = 200
         c.grpo.total_steps = 30
     elif arg == "demo":
-        c.stages = "distill,sft,grpo,evaluate,report"
+        # teacher and base only record the released models (nothing is trained)
+        c.stages = "teacher,distill,base,sft,grpo,evaluate,report"
         c.world_model = f"{RELEASED}/world_model_small"
         c.base_model = f"{RELEASED}/vlm_base_small"
         c.distill.num_scenes = 40
