@@ -76,7 +76,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
 
     c.evaluate = ml_collections.ConfigDict(dict(
         suites=("sat_like", "vsi_like", "mindcube_like"), per_category=60, seed=0,
-        resolution=32, num_frames=8, tasks_items=400, batch_size=16,
+        resolution=32, num_frames=16, tasks_items=400, batch_size=16,
         models=("base", "world2vlm_sft", "world2vlm", "oracle_teacher", "forward_only",
                 "inverse_only"),
         search_model="base", blind_model="world2vlm",
