@@ -79,7 +79,7 @@ def test_a_workdir_of_another_config_is_refused_naming_the_fields(tmp_path, monk
     pipeline.run(_config("teacher"), str(tmp_path))
     other = _config("teacher")
     other.distill.num_scenes = 99
-    with pytest.raises(ValueError, match="distill"):
+    with pytest.raises(ValueError, match="distill.*reproduce.json to resume, or use a new"):
         pipeline.check_config(other, str(tmp_path))
     changed_stages_only = _config("teacher,distill")  # stages / progress are run options
     changed_stages_only.progress = True

@@ -144,9 +144,12 @@ def check_replaceable(path: str | os.PathLike, marker: str, flag: str = "--out")
 
 
 def check_resumable(path: str | os.PathLike, marker: str, options: Any,
-                    flag: str = "--out") -> None:
+                    flag: str = "--out",
+                    remedy: str = "rerun with the same flags to resume, or pass --overwrite"
+                    ) -> None:
     """ValueError unless ``path`` is missing or empty, or holds ``marker`` (a JSON file) equal to
-    ``options`` (a rerun resumes only the same build; the error names the fields that differ)."""
+    ``options`` (a rerun resumes only the same build; the error names the fields that differ and
+    ends with ``remedy``)."""
     path = os.path.abspath(os.fspath(path))
     file = os.path.join(path, marker)
     if os.path.exists(file):
@@ -156,7 +159,7 @@ def check_resumable(path: str | os.PathLike, marker: str, options: Any,
             changed = sorted(k for k in set(previous) | set(options)
                              if previous.get(k) != options.get(k))
             raise ValueError(f"{flag} {path} holds a build with other options ({changed}); "
-                             "rerun with the same flags to resume, or pass --overwrite")
+                             f"{remedy}")
     elif os.path.lexists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise ValueError(f"{flag} {path} exists, is not empty and holds no {marker} (not a "
                          "build of this tool); choose an empty or new directory")

@@ -151,5 +151,4 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
         c.evaluate.search.beam = 1
         c.evaluate.search.max_evidence = 2
         c.evaluate.search.per_category = 0
-        c.release.max_mb = 60
     return c

@@ -102,6 +102,17 @@ class _Encode:
         return out
 
 
+def package_corpus(package_dir: str, split: str = "sft") -> list[str]:
+    """The text of a packaged split, one string per record (prompt without image tags + answer):
+    what a BPE tokenizer for the package is trained on."""
+    source = open_split(package_dir, split)
+    out = []
+    for i in range(len(source)):
+        rec = decode_record(source[i])
+        out.append(rec["prompt"].replace("<image>", " ") + " " + rec["answer"])
+    return out
+
+
 def _to_batch_layout(batch: dict) -> dict:
     """position_ids (B, 3, L) from stacking -> (3, B, L), the layout of `processing.collate`."""
     out = dict(batch)

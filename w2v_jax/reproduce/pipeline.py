@@ -44,7 +44,9 @@ def check_config(config, workdir: str) -> None:
         path = config.get(key) or ""
         if path and not os.path.isdir(path):
             raise ValueError(f"config.{key}={path!r}: no such directory")
-    fileio.check_resumable(workdir, CONFIG_FILE, _identity(config), flag="--workdir")
+    fileio.check_resumable(
+        workdir, CONFIG_FILE, _identity(config), flag="--workdir",
+        remedy=f"rerun with the config in its {CONFIG_FILE} to resume, or use a new --workdir")
 
 
 def stage_seconds(workdir: str) -> dict:
@@ -94,7 +96,7 @@ def results_paths(config, workdir: str) -> dict:
 
 def report(config, workdir: str) -> dict:
     """The rows, the targets, the Markdown table and the three pictures."""
-    st._require(workdir, "evaluate", "report")
+    st.require(workdir, "evaluate", "report")
     from w2v_jax.train.metrics import read_metrics
 
     e = config.evaluate
@@ -124,11 +126,11 @@ def report(config, workdir: str) -> dict:
     answers = {}
     for name in ("base", "world2vlm"):
         if name in e.models:
-            _, records = report_lib._read(eval_dir, name)
+            _, records = report_lib.read_eval(eval_dir, name)
             answers[name] = {r["id"]: r["response"] for r in records
                              if r["variant"] == "plain" and not r["blind"]}
     items = st.eval_items(config, workdir)
-    report_lib.plot_sheet(items, answers, paths["sheet"], st._world_model_teacher(config, workdir))
+    report_lib.plot_sheet(items, answers, paths["sheet"], st.world_model_teacher(config, workdir))
     fileio.atomic_write(paths["examples"], report_lib.examples_jsonl(items, answers))
     fileio.atomic_write_json(paths["json"], summary, indent=1)
     fileio.atomic_write(paths["md"], report_lib.markdown(summary))
@@ -160,7 +162,7 @@ def release(config, workdir: str) -> dict:
     """The teacher, the base and World2VLM as loadable directories with model cards, written to
     ``workdir/release/`` and, if they take at most ``config.release.max_mb``, copied to
     ``config.release.out_dir`` (each swapped in whole: a failed copy keeps the old one)."""
-    st._require(workdir, "report", "release")
+    st.require(workdir, "report", "release")
     from w2v_jax.reproduce import release as rel
 
     with open(results_paths(config, workdir)["json"]) as f:

@@ -31,7 +31,8 @@ def _macro_se(ses: Sequence[float]) -> float:
     return math.sqrt(sum(s * s for s in ses)) / len(ses) if ses else 0.0
 
 
-def _read(eval_dir: str, name: str) -> tuple[dict, list[dict]]:
+def read_eval(eval_dir: str, name: str) -> tuple[dict, list[dict]]:
+    """``(results, records)`` the evaluate stage wrote for model ``name``."""
     d = os.path.join(eval_dir, name)
     with open(os.path.join(d, "results.json")) as f:
         results = json.load(f)
@@ -95,7 +96,7 @@ def collect_rows(eval_dir: str, models: Sequence[str], *, search_model: str, bli
     """``{row: metrics}`` from ``eval_dir/<model>/`` (the evaluate stage's outputs)."""
     rows = {}
     for name in models:
-        results, records = _read(eval_dir, name)
+        results, records = read_eval(eval_dir, name)
         rows[name] = {**row_metrics(results["runs"]["model"], records), **_cost(records, False)}
         if name == blind_model and "blind" in results["runs"]:
             rows["blind"] = {"of": name, **row_metrics(results["runs"]["blind"], records, True),
@@ -177,7 +178,8 @@ def markdown(summary: Mapping[str, Any]) -> str:
              "s / q |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         lines.append(
-            f"| {name} | {_fmt(r.get('sat_like_dynamic_macro'), r.get('sat_like_dynamic_macro_se'))}"
+            f"| {name}"
+            f" | {_fmt(r.get('sat_like_dynamic_macro'), r.get('sat_like_dynamic_macro_se'))}"
             f" | {_fmt(r.get('vsi_like_overall'), r.get('vsi_like_overall_se'))}"
             f" | {_fmt(r.get('mindcube_like_overall'), r.get('mindcube_like_overall_se'))}"
             f" | {_fmt(r.get('tasks_mean_reward'), r.get('tasks_mean_reward_se'))}"

@@ -60,7 +60,7 @@ def read_done(workdir: str, stage: str) -> dict:
         return json.load(f)
 
 
-def _require(workdir: str, stage: str, needed_by: str) -> dict:
+def require(workdir: str, stage: str, needed_by: str) -> dict:
     if not is_done(workdir, stage):
         raise ValueError(f"stage {needed_by!r} needs stage {stage!r} first: run it "
                          f"(--config.stages={stage},{needed_by}) in --workdir={workdir}")
@@ -105,7 +105,7 @@ def _train(run_config, workdir: str, **updates) -> dict:
     return {"workdir": workdir, "seconds": round(time.time() - t0, 1)}
 
 
-def _world_model_teacher(config, workdir: str):
+def world_model_teacher(config, workdir: str):
     from w2v_jax.supervision.teachers import WorldModelTeacher
     from w2v_jax.train.runs import load_world_model
 
@@ -178,22 +178,23 @@ def _distill_build(config, workdir: str, name: str, teacher_obj, detector: str) 
 
 def distill(config, workdir: str) -> dict:
     """World-model and renderer distillation sets of the same scenes, and the task subsets."""
-    _require(workdir, "teacher", "distill")
+    require(workdir, "teacher", "distill")
     from w2v_jax.supervision import package, teachers
 
     d = config.distill
     t0 = time.time()
     wm_stats = _distill_build(config, workdir, "world_model",
-                              _world_model_teacher(config, workdir), "color")
+                              world_model_teacher(config, workdir), "color")
     wm_s = time.time() - t0
     t0 = time.time()
     oracle_stats = _distill_build(config, workdir, "renderer",
                                   teachers.RendererTeacher(supersample=d.supersample,
                                                            render_chunk=16), "oracle")
     oracle_s = time.time() - t0
+    from w2v_jax.supervision import build
+
     shards_root = os.path.join(stage_dir(workdir, "distill"), "world_model", "shards")
-    shards = sorted(os.path.join(shards_root, s) for s in os.listdir(shards_root)
-                    if not s.startswith("."))
+    shards = [build.shard_dir(shards_root, s) for s in build.scene_seeds(d.seed, d.num_scenes)]
     subsets = {}
     for name, tasks in ABLATION_TASKS.items():
         cfg = package.PackageConfig(seed=d.shuffle_seed, grpo_per_task=d.grpo_per_task,
@@ -213,17 +214,6 @@ def distill(config, workdir: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- 3. base
-def _package_text(package: str, split: str = "sft") -> list[str]:
-    from w2v_jax.data.distill import decode_record, open_split
-
-    source = open_split(package, split)
-    out = []
-    for i in range(len(source)):
-        rec = decode_record(source[i])
-        out.append(rec["prompt"].replace("<image>", " ") + " " + rec["answer"])
-    return out
-
-
 def base(config, workdir: str) -> dict:
     """Perception set, tokenizer (perception + distillation text) and the base VLM."""
     if config.base_model:
@@ -231,7 +221,8 @@ def base(config, workdir: str) -> dict:
 
         init_kind(config.base_model, "config.base_model")  # an HF directory or a VLM workdir
         return {"model": os.path.abspath(config.base_model), "trained": False}
-    _require(workdir, "distill", "base")
+    require(workdir, "distill", "base")
+    from w2v_jax.data.distill import package_corpus
     from w2v_jax.processing.tokenizer import train_tokenizer
     from w2v_jax.supervision import package, perception
 
@@ -252,7 +243,7 @@ def base(config, workdir: str) -> dict:
     if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
         # the words of every later stage, so SFT / GRPO text is not split into bytes; the
         # renderer package has the same templates and scenes as the world-model one
-        corpus = _package_text(per_pkg) + _package_text(package_dir(workdir, "renderer"))
+        corpus = package_corpus(per_pkg) + package_corpus(package_dir(workdir, "renderer"))
         tok, _ = train_tokenizer(corpus, int(config.base.data.vocab_size))
         with fileio.atomic_dir(tok_dir) as tmp:
             tok.save_pretrained(tmp)
@@ -266,15 +257,15 @@ def base(config, workdir: str) -> dict:
 
 # ----------------------------------------------------------------------------- 4-5. sft, grpo
 def sft(config, workdir: str) -> dict:
-    _require(workdir, "distill", "sft")
-    _require(workdir, "base", "sft")
+    require(workdir, "distill", "sft")
+    require(workdir, "base", "sft")
     return _train(config.sft, model_dir(config, workdir, "world2vlm_sft"),
                   **{"init_from": os.path.abspath(model_dir(config, workdir, "base")),
                      "data.package_dir": package_dir(workdir, "world_model")})
 
 
 def grpo(config, workdir: str) -> dict:
-    _require(workdir, "sft", "grpo")
+    require(workdir, "sft", "grpo")
     return _train(config.grpo, model_dir(config, workdir, "world2vlm"),
                   **{"init_from": model_dir(config, workdir, "world2vlm_sft"),
                      "data.package_dir": package_dir(workdir, "world_model")})
@@ -284,8 +275,8 @@ def grpo(config, workdir: str) -> dict:
 def ablations(config, workdir: str) -> dict:
     """SFT only (the same recipe and steps as World2VLM's SFT stage) on the renderer package
     (oracle teacher) and on the forward-only / inverse-only task subsets."""
-    _require(workdir, "distill", "ablations")
-    _require(workdir, "base", "ablations")
+    require(workdir, "distill", "ablations")
+    require(workdir, "base", "ablations")
     packages = {"oracle_teacher": package_dir(workdir, "renderer"),
                 **{name: package_dir(workdir, name) for name in ABLATION_TASKS}}
     out = {}
@@ -329,7 +320,7 @@ def eval_items(config, workdir: str) -> list[dict]:
 
 def evaluate(config, workdir: str) -> dict:
     """Every model of ``config.evaluate.models`` on the same items; one directory each."""
-    _require(workdir, "distill", "evaluate")
+    require(workdir, "distill", "evaluate")
     from w2v_jax.eval import report
     from w2v_jax.eval.evaluate import evaluate as run_eval
     from w2v_jax.eval.test_time import SearchConfig
@@ -345,14 +336,14 @@ def evaluate(config, workdir: str) -> dict:
         out = os.path.join(stage_dir(workdir, "evaluate"), name)
         if os.path.isfile(os.path.join(out, "results.json")):
             continue
-        _require(workdir, needs[name], "evaluate")
+        require(workdir, needs[name], "evaluate")
         path = model_dir(config, workdir, name)
         model, tokenizer = runs.load_vlm(path)
         search = teacher_obj = None
         if name == e.search_model and e.search.scorer:
             search = SearchConfig(scorer=e.search.scorer, steps=e.search.steps,
                                   beam=e.search.beam, max_evidence=e.search.max_evidence)
-            teacher_obj = _world_model_teacher(config, workdir)
+            teacher_obj = world_model_teacher(config, workdir)
         t0 = time.time()
         results, records = run_eval(model, tokenizer, runs.vlm_image_config(path), items,
                                     blind=name == e.blind_model, search=search,

@@ -245,12 +245,8 @@ def vlm_run_inputs(config, workdir: str):
 
 def _package_tokenizer(config):
     """A BPE tokenizer trained on the prompts and answers of the package's sft split."""
-    from w2v_jax.data.distill import decode_record, open_split
+    from w2v_jax.data.distill import package_corpus
     from w2v_jax.processing.tokenizer import train_tokenizer
 
-    source = open_split(config.data.package_dir, "sft")
-    corpus = []
-    for i in range(len(source)):
-        rec = decode_record(source[i])
-        corpus.append(rec["prompt"].replace("<image>", " ") + " " + rec["answer"])
-    return train_tokenizer(corpus, int(config.data.vocab_size))[0]
+    return train_tokenizer(package_corpus(config.data.package_dir),
+                           int(config.data.vocab_size))[0]
