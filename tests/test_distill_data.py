@@ -241,3 +241,18 @@ def test_failed_packaging_leaves_the_old_package(pkg, shards, tmp_path, monkeypa
     assert sorted(os.listdir(tmp_path)) == ["package"] and sorted(os.listdir(out)) == before
     with open(os.path.join(out, "stats.json")) as f:
         assert json.load(f)["scenes"]["total"] == 3
+
+
+def test_tasks_keep_only_those_task_types(pkg, tokenizer):
+    out, _, splits = pkg
+    kept = splits["sft"][0]["task_type"]
+    ds = distill.sft_pipeline(out, tokenizer, batch_size=2, max_length=320, seed=0,
+                              num_epochs=1, drop_remainder=False, image_config=IMAGES,
+                              tasks=(kept,))
+    rows = sum(int(b["example_mask"].sum()) for b in ds)
+    assert rows == sum(r["task_type"] == kept for r in splits["sft"]) < len(splits["sft"])
+    source = distill.TaskSubset(distill.open_split(out, "sft"), (kept,), "sft")
+    assert {distill.decode_record(source[i])["task_type"] for i in range(len(source))} == {kept}
+    with pytest.raises(ValueError, match=r"data.tasks=.*the sft split holds no records of "
+                                         r"\['objects'\]"):
+        distill.TaskSubset(distill.open_split(out, "sft"), (kept, "objects"), "sft")

@@ -105,6 +105,26 @@ def test_every_answer_is_rederivable_from_the_scene_geometry(built):
             hidden = [t["pixels"][k] == 0 for t in truth]
             i = perception.IMAGES.index(ans)
             assert shown[i] and hidden[1 - i]
+        elif task == "statement":
+            meta, kind = rec["meta"], rec["meta"]["kind"]
+            assert ans in meta["choices"] and len(set(meta["choices"])) == 2
+            assert rec["prompt"].endswith(" Choose between the following options: "
+                                          + ", or ".join(meta["choices"]))
+            if kind == "left_right":
+                a, b = (idx[n] for n in objs)
+                side = "left" if x[a] < x[b] else "right"
+                assert ans == f"the {objs[0]} is to the {side} of the {objs[1]}"
+            elif kind == "nearer":
+                a, b = (idx[n] for n in objs)
+                near, far = (objs[0], objs[1]) if dist[a] < dist[b] else (objs[1], objs[0])
+                assert ans == f"the {near} is closer to the camera than the {far}"
+            elif kind == "existence":
+                present = objs[0] in idx and v["pixels"][idx[objs[0]]] >= lo
+                assert ans == f"there is {'a' if present else 'no'} {objs[0]} in the image"
+            else:
+                shape = meta["shape"]
+                n = sum(1 for i, s in enumerate(v["shapes"]) if s == shape and v["pixels"][i] >= lo)
+                assert ans == perception.count_sentence(n, shape) and kind == "counting"
         else:
             raise AssertionError(f"unknown task {task}")
     assert seen == set(perception.TASKS)

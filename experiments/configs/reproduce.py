@@ -65,10 +65,18 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
     c.perception = ml_collections.ConfigDict(dict(
         num_scenes=300, seed=0, resolution=32, views_per_scene=4, eval_fraction=0.05,
         shuffle_seed=42))
+    # the base is pretrained in two runs: first the vision tower learns to see on the object
+    # lists alone (an answer the text cannot predict), at the full lr; then every perception
+    # task from there, the tower at a tenth of the lr (vlm.py). Trained on the mix from the start,
+    # the tower's output becomes a near-constant vector the language model reads as a marker.
+    # total_steps 0: no first run.
+    c.base_align = vlm.get_config(f"base_{scale}")
+    c.base_align.data.tasks = ("objects",)
+    c.base_align.optimizer.param_groups = ()
     c.base = vlm.get_config(f"base_{scale}")
     c.sft = vlm.get_config(f"sft_{scale}")
     c.grpo = vlm.get_config(f"grpo_{scale}")
-    for run in (c.base, c.sft, c.grpo):
+    for run in (c.base_align, c.base, c.sft, c.grpo):
         run.progress = True
     # the ablations: SFT only (World2VLM's SFT recipe and steps) -- compared with world2vlm_sft
     c.ablations = ml_collections.ConfigDict(dict(
@@ -97,6 +105,9 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
 
     if arg == "small":
         # budget: the world model 36 min, the four SFT runs 4 x ~8 min, the base ~12 min
+        c.base_align.total_steps = 300
+        c.base_align.checkpoint.every_steps = 100
+        c.base_align.eval_every_steps = 300
         c.base.total_steps = 1200
         c.base.checkpoint.every_steps = 200
         c.base.eval_every_steps = 400
@@ -124,7 +135,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
         c.evaluate.search.per_category = 10
     else:  # tiny: every stage in seconds (tests)
         c.progress = False
-        for run in (c.base, c.sft, c.grpo):
+        for run in (c.base_align, c.base, c.sft, c.grpo):
             run.progress = False
         c.teacher.clips.num_scenes = 6
         c.teacher.clips.resolution = 16
@@ -140,7 +151,7 @@ def get_config(arg: str = "small") -> ml_collections.ConfigDict:
         c.perception.num_scenes = 4
         c.perception.resolution = 16
         c.perception.eval_fraction = 0.25
-        c.base.total_steps = c.sft.total_steps = 2
+        c.base_align.total_steps = c.base.total_steps = c.sft.total_steps = 2
         c.grpo.total_steps = 2
         c.evaluate.suites = ("sat_like", "mindcube_like")
         c.evaluate.per_category = 1

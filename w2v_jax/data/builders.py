@@ -33,12 +33,14 @@ def _distill_kwargs(data, **kw) -> dict:
 
 def distill_sft(data, *, workdir, batch_size, seed, process_index, process_count):
     """SFT batches of the distillation package (``config.data``: package_dir, tokenizer_dir,
-    max_length, max_target_tokens, min/max_pixels, num_eval_batches) and eval batches of its
-    ``eval`` split (held-out scenes)."""
+    max_length, max_target_tokens, min/max_pixels, num_eval_batches, tasks) and eval batches of
+    its ``eval`` split (held-out scenes); ``tasks`` (() = all) keeps only those task types in
+    both splits."""
     del workdir
     k = int(data.get("max_target_tokens", 0)) or None
     kw = _distill_kwargs(data, batch_size=batch_size, max_length=int(data.max_length),
-                         max_target_tokens=k, process_index=process_index,
+                         max_target_tokens=k, tasks=tuple(data.get("tasks", ()) or ()),
+                         process_index=process_index,
                          process_count=process_count)
     train = distill.sft_pipeline(data.package_dir, seed=seed, **kw).map(sft_batch)
 

@@ -113,6 +113,26 @@ def package_corpus(package_dir: str, split: str = "sft") -> list[str]:
     return out
 
 
+class TaskSubset:
+    """Random-access view of a packaged split holding only the records whose ``task_type`` is
+    in ``tasks`` (in stored order). A task type the split does not hold is an error."""
+
+    def __init__(self, source: Any, tasks: tuple[str, ...], split: str = "split"):
+        types = [_text(source[i]["task_type"]) for i in range(len(source))]
+        missing = sorted(set(tasks) - set(types))
+        if missing:
+            raise ValueError(f"data.tasks={tuple(tasks)!r}: the {split} split holds no records "
+                             f"of {missing}; it holds {sorted(set(types))}")
+        self.source = source
+        self.index = [i for i, t in enumerate(types) if t in set(tasks)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        return self.source[self.index[i]]
+
+
 def _to_batch_layout(batch: dict) -> dict:
     """position_ids (B, 3, L) from stacking -> (3, B, L), the layout of `processing.collate`."""
     out = dict(batch)
@@ -121,10 +141,12 @@ def _to_batch_layout(batch: dict) -> dict:
 
 
 def _pipeline(package_dir, split, tokenizer, *, batch_size, max_length, image_size, image_config,
-              prompt_only, pad_id, max_target_tokens=None, **kwargs):
+              prompt_only, pad_id, max_target_tokens=None, tasks=(), **kwargs):
     if pad_id is None:
         pad_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     source = open_split(package_dir, split)
+    if tasks:
+        source = TaskSubset(source, tuple(tasks), split)
     if image_size is None:
         from w2v_jax.processing.image import load_image
 
@@ -150,10 +172,11 @@ def sft_pipeline(
     image_config: ImageConfig = ImageConfig(),
     pad_id: int | None = None,
     max_target_tokens: int | None = None,
+    tasks: tuple[str, ...] = (),
     **kwargs: Any,
 ):
     """SFT batches (module doc) of a packaged split: full conversations, right padded, loss_mask
-    on the answer. `image_size`: (H, W) of the stored views (read from the first record when
+    on the answer; ``tasks``: only records of these task types (``TaskSubset``; () = all). `image_size`: (H, W) of the stored views (read from the first record when
     None). `pad_id`: default `<|endoftext|>`. `max_target_tokens=K` adds `target_index` /
     `target_valid` (B, K) so the `sft` loss runs the LM head on the answer tokens only (a record
     with a longer answer is malformed). Other keyword arguments go to
@@ -161,7 +184,7 @@ def sft_pipeline(
     num_workers, process_index / process_count, ...)."""
     return _pipeline(package_dir, split, tokenizer, batch_size=batch_size, max_length=max_length,
                      image_size=image_size, image_config=image_config, prompt_only=False,
-                     pad_id=pad_id, max_target_tokens=max_target_tokens, **kwargs)
+                     pad_id=pad_id, max_target_tokens=max_target_tokens, tasks=tasks, **kwargs)
 
 
 def grpo_pipeline(

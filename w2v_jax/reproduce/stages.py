@@ -215,7 +215,9 @@ def distill(config, workdir: str) -> dict:
 
 # ----------------------------------------------------------------------------- 3. base
 def base(config, workdir: str) -> dict:
-    """Perception set, tokenizer (perception + distillation text) and the base VLM."""
+    """Perception set, tokenizer (perception + distillation text) and the base VLM: a first run
+    on ``config.base_align`` (the object lists: the vision tower learns to see; skipped at
+    ``total_steps`` 0), then ``config.base`` on every perception task from it."""
     if config.base_model:
         from w2v_jax.train.runs import init_kind
 
@@ -247,9 +249,14 @@ def base(config, workdir: str) -> dict:
         tok, _ = train_tokenizer(corpus, int(config.base.data.vocab_size))
         with fileio.atomic_dir(tok_dir) as tmp:
             tok.save_pretrained(tmp)
-    run = _train(config.base, model_dir(config, workdir, "base"),
-                 **{"data.package_dir": per_pkg, "data.tokenizer_dir": tok_dir})
+    data = {"data.package_dir": per_pkg, "data.tokenizer_dir": tok_dir}
+    align = {}
+    if int(config.base_align.total_steps) > 0:  # the vision tower learns to see first
+        align = _train(config.base_align, os.path.join(root, "align"), **data)
+        data["init_from"] = align["workdir"]
+    run = _train(config.base, model_dir(config, workdir, "base"), **data)
     return {"model": run["workdir"], "trained": True,
+            "align_seconds": align.get("seconds", 0.0),
             "perception_records": {k: v["records"] for k, v in stats["splits"].items()},
             "perception_tasks": stats["perception_tasks"], "build_seconds": round(build_s, 1),
             "train_seconds": run["seconds"]}

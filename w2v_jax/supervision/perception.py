@@ -12,6 +12,9 @@ Tasks (answer formats of the eval suites, so the base knows the formats before p
   nearer          2 options  which of two named objects is closer to the camera
   nearest_choice  A-D        VSI-Bench's letter format: which object is closest to the camera
   which_image     2 options  two views: "Which image shows the X?" the first / the second image
+  statement       2 options  "Which statement about the image is true?" between two sentences
+                             (one relation above, true and flipped): SAT's long options, copied
+                             whole into the answer
 
 Geometry (DESIGN.md conventions): an object is *visible* in a view when its instance mask covers
 at least ``min_visible_frac`` of the pixels; a question whose answer depends on an object covering
@@ -48,7 +51,7 @@ from w2v_jax.supervision.templates import box_text
 BUILD_FILE = "build.json"  # the options of a build directory (marks it as this builder's)
 SCENE_STREAM = 0xBA5E  # `sim.clips.scene_seeds` stream of the perception scenes
 TASKS = ("objects", "grounding", "counting", "existence", "left_right", "nearer",
-         "nearest_choice", "which_image")
+         "nearest_choice", "which_image", "statement")
 LETTERS = "ABCD"
 # the eval suites' answer phrasings (w2v_jax.eval.formats; a test keeps the two equal)
 SAT_OPTIONS = " Choose between the following options: "
@@ -280,9 +283,51 @@ def _which_image(first: View, second: View, rng, config) -> dict | None:
                 answer=IMAGES[i], choices=options, objects=[first.names[k]])
 
 
+def _sentences(kind: str, q: dict, rng) -> tuple[str, str]:
+    """(true, false) sentences of a ``left_right`` / ``nearer`` / ``existence`` / ``counting``
+    question ``q``: its answer stated, and another answer stated."""
+    objs, ans = q["objects"], q["answer"]
+    if kind == "left_right":
+        other = "right" if ans == "left" else "left"
+        return (f"the {objs[0]} is to the {ans} of the {objs[1]}",
+                f"the {objs[0]} is to the {other} of the {objs[1]}")
+    if kind == "nearer":
+        other = objs[1] if ans == objs[0] else objs[0]
+        return (f"the {ans} is closer to the camera than the {other}",
+                f"the {other} is closer to the camera than the {ans}")
+    if kind == "existence":
+        yes, no = f"there is a {objs[0]} in the image", f"there is no {objs[0]} in the image"
+        return (yes, no) if ans == "yes" else (no, yes)
+    n = int(ans)
+    wrong = n + 1 if n == 0 or rng.integers(2) else n - 1
+    return count_sentence(n, q["shape"]), count_sentence(wrong, q["shape"])
+
+
+def count_sentence(n: int, shape: str) -> str:
+    return f"there is 1 {shape}" if n == 1 else f"there are {n} {_plural(shape)}"
+
+
+STATEMENT_KINDS = ("left_right", "nearer", "existence", "counting")
+
+
+def _statement(view: View, rng, config) -> dict | None:
+    """One of ``STATEMENT_KINDS`` (tried in a random order until one can be asked) as two
+    sentences in a random order; the answer is the true sentence."""
+    for kind in rng.permutation(STATEMENT_KINDS):
+        q = ONE_VIEW[str(kind)](view, rng, config)
+        if q is None:
+            continue
+        true, false = _sentences(str(kind), q, rng)
+        options = [true, false] if rng.integers(2) else [false, true]
+        return dict(prompt=sat_question("Which statement about the image is true?", options),
+                    answer=true, choices=options, objects=q["objects"], kind=str(kind),
+                    fact=q["answer"], **({"shape": q["shape"]} if "shape" in q else {}))
+    return None
+
+
 ONE_VIEW = {"objects": _objects, "grounding": _grounding, "counting": _counting,
             "existence": _existence, "left_right": _left_right, "nearer": _nearer,
-            "nearest_choice": _nearest_choice}
+            "nearest_choice": _nearest_choice, "statement": _statement}
 
 
 # ----------------------------------------------------------------------------- one scene
