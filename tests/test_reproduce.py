@@ -197,6 +197,11 @@ def test_the_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path):
         assert os.path.getsize(paths[key]) > 1000
     from w2v_jax.train import runs
 
+    # the base is two runs: the object lists alone, then every perception task from there
+    align = runs.read_run_config(os.path.join(work, "base", "align"))
+    assert list(align["data"]["tasks"]) == ["objects"]
+    assert runs.read_run_config(os.path.join(work, "base", "run"))["init_from"] == os.path.join(
+        work, "base", "align")
     model, tok = runs.load_vlm(os.path.join(work, "release", "world2vlm_small"))
     assert runs.vlm_image_config(os.path.join(work, "release", "world2vlm_small"))
     runs.load_world_model(os.path.join(work, "release", "world_model_small"))
