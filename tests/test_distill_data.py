@@ -256,3 +256,75 @@ def test_tasks_keep_only_those_task_types(pkg, tokenizer):
     with pytest.raises(ValueError, match=r"data.tasks=.*the sft split holds no records of "
                                          r"\['objects'\]"):
         distill.TaskSubset(distill.open_split(out, "sft"), (kept, "objects"), "sft")
+
+
+def _tiny_student(tokenizer):
+    from flax import nnx
+
+    from experiments.configs.vlm import PRESETS
+    from w2v_jax import sharding
+    from w2v_jax.models.vlm import Qwen2_5_VL, VLMConfig
+    from w2v_jax.models.vlm.config import fit_to_tokenizer
+    from w2v_jax.processing.tokenizer import special_token_ids
+
+    d = fit_to_tokenizer(PRESETS["tiny"], len(tokenizer), special_token_ids(tokenizer))
+    return sharding.create_unsharded(lambda: Qwen2_5_VL(VLMConfig.from_hf_dict(d),
+                                                        rngs=nnx.Rngs(0)))
+
+
+def test_image_use_tells_a_seeing_student_from_a_blind_one(pkg, tokenizer):
+    import jax.numpy as jnp
+
+    from w2v_jax.data.sft_batch import sft_batch
+    from w2v_jax.train.image_use import image_use, roll_images
+
+    out, _, _ = pkg
+    batches = list(distill.sft_pipeline(out, tokenizer, batch_size=4, max_length=320, seed=0,
+                                        image_config=IMAGES, num_epochs=1).map(sft_batch))[:2]
+    rolled = roll_images(batches[0])
+    keys = [tuple(g.reshape(-1)) for g in batches[0]["image_grid_thw"]]
+    for i, k in enumerate(keys):  # the next example's views among those sharing the grid
+        group = [j for j, kk in enumerate(keys) if kk == k]
+        nxt = group[(group.index(i) + 1) % len(group)]
+        np.testing.assert_array_equal(rolled["pixel_values"][i], batches[0]["pixel_values"][nxt])
+    assert any(len([kk for kk in keys if kk == k]) > 1 for k in keys)  # something was rolled
+    model = _tiny_student(tokenizer)
+    seeing = image_use(model, batches)
+    assert seeing["tokens"] > 0 and seeing["pixel_grad_norm"] > 0 and seeing["feature_spread"] > 0
+    assert seeing["loss_real"] != seeing["loss_rolled"]
+    # a merger that outputs a constant: the language model gets the same tokens for every view
+    fc2 = model.visual.merger.fc2
+    fc2.kernel.value = jnp.zeros_like(fc2.kernel.value)
+    fc2.bias.value = jnp.ones_like(fc2.bias.value)
+    blind = image_use(model, batches)
+    assert blind["loss_real"] == blind["loss_rolled"]
+    assert blind["correct_real"] == blind["correct_rolled"]
+    assert blind["pixel_grad_norm"] == 0.0 and blind["feature_spread"] == 0.0
+    with pytest.raises(ValueError, match="no batches"):
+        image_use(model, [])
+
+
+def test_image_use_launcher(pkg, tmp_path):
+    import subprocess
+    import sys
+
+    out, _, splits = pkg
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    model = os.path.join(root, "results", "models", "vlm_base_small")
+    task = splits["eval"][0]["task_type"]
+    cmd = [sys.executable, "-m", "experiments.image_use", f"--model={model}"]
+
+    def run(*flags):
+        return subprocess.run(cmd + list(flags), cwd=root, capture_output=True, text=True,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+    done = run(f"--package={out}", f"--tasks={task}", "--max_batches=1", "--max_length=512",
+               f"--out={tmp_path / 'use.json'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(tmp_path / "use.json") as f:
+        result = json.load(f)
+    assert list(result["tasks"]) == [task] and result["tasks"][task]["tokens"] > 0
+    bad = run(f"--package={out}", "--tasks=nope")
+    assert bad.returncode != 0 and "--tasks: ['nope'] not in the eval split" in bad.stderr
+    missing = run(f"--package={tmp_path / 'none'}")
+    assert missing.returncode != 0 and "no readable eval split" in missing.stderr
