@@ -43,7 +43,7 @@ def main(argv):
         source = distill.open_split(_PACKAGE.value, "eval")
     except Exception as e:  # a missing or foreign directory
         raise app.UsageError(f"--package={_PACKAGE.value!r}: no readable eval split ({e})") from e
-    present = sorted({distill.decode_record(source[i])["task_type"] for i in range(len(source))})
+    present = sorted(set(distill.task_types(source)))
     tasks = _TASKS.value or present
     unknown = sorted(set(tasks) - set(present))
     if unknown:

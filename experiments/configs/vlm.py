@@ -144,7 +144,7 @@ def get_config(arg: str = "sft_small") -> ml_collections.ConfigDict:
         # the vision tower at a tenth of the lr: at the full lr the mixed tasks, most of whose
         # answer tokens the text alone predicts, turn the tower's output into a near-constant
         # vector (d loss / d pixels fell from 1e-2 to 1e-6 within 300 base steps; README
-        # "Results"); the official SFT freezes the ViT altogether
+        # "Base-VLM perception set"); the official SFT freezes the ViT altogether
         c.optimizer.param_groups = (("^visual/", 0.1),)
         c.checkpoint.every_steps = 250
         c.eval_every_steps = 250

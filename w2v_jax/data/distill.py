@@ -113,12 +113,17 @@ def package_corpus(package_dir: str, split: str = "sft") -> list[str]:
     return out
 
 
+def task_types(source: Any) -> list[str]:
+    """The ``task_type`` of every record of a packaged split, in stored order."""
+    return [_text(source[i]["task_type"]) for i in range(len(source))]
+
+
 class TaskSubset:
     """Random-access view of a packaged split holding only the records whose ``task_type`` is
     in ``tasks`` (in stored order). A task type the split does not hold is an error."""
 
     def __init__(self, source: Any, tasks: tuple[str, ...], split: str = "split"):
-        types = [_text(source[i]["task_type"]) for i in range(len(source))]
+        types = task_types(source)
         missing = sorted(set(tasks) - set(types))
         if missing:
             raise ValueError(f"data.tasks={tuple(tasks)!r}: the {split} split holds no records "

@@ -20,9 +20,6 @@ from typing import Any
 
 import numpy as np
 
-_TEXT_KEYS = ("answer", "ground_truth", "task_type")  # string fields a model batch does not take
-
-
 def roll_images(batch: Mapping[str, Any]) -> dict:
     """``batch`` with each example's views replaced by those of the next example with the same
     image grid (cyclically); an example whose grid no other example shares keeps its own."""
@@ -51,12 +48,13 @@ def image_use(model, batches: Iterable[Mapping[str, Any]]) -> dict:
         return aux["loss_sum"], aux["accuracy_sum"], aux["weight"]
 
     def place(batch):
-        return {k: jnp.asarray(v) for k, v in batch.items() if k not in _TEXT_KEYS}
+        return {k: jnp.asarray(v) for k, v in batch.items()}
 
     total = {"real": np.zeros(3), "rolled": np.zeros(3)}
     first = None
     for batch in batches:
-        first = first or batch
+        if first is None:
+            first = batch
         for name, b in (("real", batch), ("rolled", roll_images(batch))):
             total[name] += np.asarray([float(x) for x in sums(place(b))])
     if first is None:
@@ -67,13 +65,12 @@ def image_use(model, batches: Iterable[Mapping[str, Any]]) -> dict:
     feats = encode_batch_images(model, b["pixel_values"], b["image_grid_thw"])
     n = int(np.sum(np.asarray(first["input_ids"]) == model.config.image_token_id))
     merge = model.config.vision.merge_unit
-    grid = np.asarray(first["image_grid_thw"]).reshape(-1, 3)
-    per_image = [int(np.prod(g)) // merge for g in grid if np.prod(g) > 0]
+    sizes = {int(np.prod(g)) // merge for g in np.asarray(first["image_grid_thw"]).reshape(-1, 3)
+             if np.prod(g) > 0}
     feats = np.asarray(feats[:n])
-    # deviation from the mean over images, token slot by token slot (images of equal size)
-    same = per_image and all(p == per_image[0] for p in per_image)
-    stacked = feats.reshape(len(per_image), per_image[0], -1) if same else feats[None]
-    spread = np.sqrt(np.mean(np.var(stacked, axis=0))) if same else float("nan")
+    # deviation from the mean over images, token slot by token slot (images of one size only)
+    spread = (np.sqrt(np.mean(np.var(feats.reshape(-1, sizes.pop(), feats.shape[-1]), axis=0)))
+              if len(sizes) == 1 else float("nan"))
     tokens = total["real"][2]
     return {"tokens": int(tokens),
             "correct_real": int(round(total["real"][1])),
