@@ -2,7 +2,7 @@ r"""Score a VLM on the evaluation suites the way the official harnesses score th
 
     python -m experiments.evaluate --model=DIR --suite_dir=SUITES \
         --suites=sat_like,vsi_like,mindcube_like,tasks --package=PKG --out=OUT \
-        [--blind] [--test_time=vlm|all --world_model=RUN]
+        [--blind] [--rank] [--test_time=vlm|all --world_model=RUN]
 
 ``--model``: a Hugging Face Qwen2.5-VL directory (config.json, safetensors, tokenizer.json and,
 when present, preprocessor_config.json for min/max pixels). ``--suites`` names built procedural
@@ -14,7 +14,9 @@ subset unless ``--sat_full``), ``vsibench`` (``--vsibench`` + ``--vsibench_video
 
 Greedy decoding, each suite's max new tokens (VSI 16), batched ``generate``. ``--blind`` also
 runs the model with blank images and reports categories where it beats chance (language-prior
-leaks). ``--test_time`` also runs MindJourney's search on the SAT-format suites with the world
+leaks). ``--rank`` also answers the SAT-format suites by likelihood: the option the model finds
+most probable as its whole answer (a model that never writes an option out still shows which it
+prefers). ``--test_time`` also runs MindJourney's search on the SAT-format suites with the world
 model of the training workdir ``--world_model`` and reports its cost per question next to plain
 inference's. Writes ``OUT/results.json``, ``OUT/results.md``, ``OUT/answers.jsonl``,
 ``OUT/sheet.png``.
@@ -44,6 +46,7 @@ _MC = flags.DEFINE_string("mindcube", "", "MindCube_tinybench.jsonl.")
 _MC_IMAGES = flags.DEFINE_string("mindcube_images", "", "Root of MindCube's image paths.")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
 _BLIND = flags.DEFINE_bool("blind", False, "Also run the blind (blank-image) baseline.")
+_RANK = flags.DEFINE_bool("rank", False, "SAT formats: also answer by option likelihood.")
 _TEST_TIME = flags.DEFINE_enum("test_time", "", ["", "vlm", "all"],
                                "Also run the MindJourney search with this scorer.")
 _WM = flags.DEFINE_string("world_model", "", "Training workdir of the world model.")
@@ -115,6 +118,7 @@ def main(argv):
         teacher = WorldModelTeacher(load_world_model(_WM.value), steps=_WM_STEPS.value,
                                     cfg=_WM_CFG.value)
     results, records = evaluate(model, tokenizer, image_config, items, blind=_BLIND.value,
+                                rank=_RANK.value,
                                 circular=not _NO_CIRCULAR.value, search=search,
                                 teacher=teacher, batch_size=_BATCH.value)
     results = {"model": _MODEL.value, "suites": _SUITES.value, **results}

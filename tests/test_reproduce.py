@@ -155,14 +155,29 @@ def test_targets_are_judged_from_the_rows():
     assert report.targets({}, None)["sat_gain_vs_base"]["met"] is None
 
 
+def test_ranked_metrics_come_from_the_likelihood_run_only():
+    runs = {"model": _aggregate({"ego_movement": 0.1}),
+            "ranked": _aggregate({"ego_movement": 0.6, "goal_aim": 0.8})}
+    row = report.ranked_metrics(runs)
+    assert row["sat_like_dynamic_macro_ranked"] == pytest.approx(0.7)
+    assert row["sat_like_dynamic_macro_ranked_se"] == pytest.approx(
+        ((0.24 / 100) + (0.16 / 100)) ** 0.5 / 2)
+    assert row["sat_like_ranked"]["goal_aim"]["accuracy"] == 0.8
+    assert "sat_like_dynamic_macro" not in row
+    assert report.ranked_metrics(runs, "blind_ranked") == {}
+
+
 def test_markdown_lists_every_row_and_target():
     rows = {"base": report.row_metrics(_aggregate({"ego_movement": 0.5})),
-            "world2vlm": report.row_metrics(_aggregate({"ego_movement": 0.75}))}
+            "world2vlm": {**report.row_metrics(_aggregate({"ego_movement": 0.75})),
+                          **report.ranked_metrics({"ranked": _aggregate({"ego_movement": 0.9})})}}
     summary = {"title": "t", "command": "cmd", "rows": rows, "label_fidelity": 0.9,
                "targets": report.targets(rows, 0.9), "stage_seconds": {"sft": 12.0}}
     md = report.markdown(summary)
-    assert "| base | 50.0 ± 5.0 |" in md and "| world2vlm | 75.0 ± 4.3 |" in md
-    assert "| sat_gain_vs_base | +25.0 | >= +0.15 | yes |" in md
+    assert "| base | 50.0 ± 5.0 | – |" in md and "| world2vlm | 75.0 ± 4.3 | 90.0 ± 3.0 |" in md
+    ranked_table = md[md.index("chosen by likelihood"):]
+    assert "| world2vlm | 90.0 ± 3.0 |" in ranked_table and "| base |" not in ranked_table
+    assert "| sat_gain_vs_base | +25.0 | >= +15.0 points | yes |" in md
     assert "sft 12" in md
 
 

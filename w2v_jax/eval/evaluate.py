@@ -5,10 +5,13 @@ reproduction pipeline report).
     results, records = evaluate(model, tokenizer, image_config, items, blind=True,
                                 search=SearchConfig(scorer="vlm"), teacher=teacher)
 
-``results``: ``{"runs": {"model": aggregate, ["blind": ...], ["test_time_<scorer>": ...]},
+``results``: ``{"runs": {"model": aggregate, ["blind": ...], ["ranked": ...], ["blind_ranked":
+...], ["test_time_<scorer>": ...]},
 "hygiene", "cost": {run: mean cost per question}, "wall_s": {run: seconds}}`` (aggregates as
 ``runner.aggregate``); ``records``: one per prompt (``variant`` "plain" / "reversed" /
-"test_time"; ``blind`` flag). Costs: ``prompt_tokens``, ``generated_tokens``, ``flops`` (analytic,
+"test_time"; "ranked_plain" / "ranked_reversed" for ``rank``; ``blind`` flag). ``rank`` adds
+the SAT-format items answered by likelihood (``runner.rank``: the option the model finds most
+probable), for the model and, with ``blind``, for the blank images. Costs: ``prompt_tokens``, ``generated_tokens``, ``flops`` (analytic,
 ``cost.vlm_flops``) and ``wall_s`` per plain question; the search adds its world-model and VLM
 calls and FLOPs and the ratios to plain inference on the same questions.
 """
@@ -75,8 +78,9 @@ def search_cost(searched: Sequence[dict], plain_records: Sequence[dict]) -> dict
 
 
 def evaluate(model, tokenizer, image_config, items: Sequence[dict], *, blind: bool = False,
-             circular: bool = True, search=None, teacher=None, search_per_category: int = 0,
-             batch_size: int = 8, progress: bool = True) -> tuple[dict, list[dict]]:
+             circular: bool = True, rank: bool = False, search=None, teacher=None,
+             search_per_category: int = 0, batch_size: int = 8, progress: bool = True
+             ) -> tuple[dict, list[dict]]:
     """Module doc. ``search``: a ``test_time.SearchConfig`` (None: no search) run with
     ``teacher`` (the teacher seam: ``supervision.teachers.WorldModelTeacher``) on the SAT-format
     items (the first ``search_per_category`` of each category when > 0: the search costs tens of
@@ -100,6 +104,16 @@ def evaluate(model, tokenizer, image_config, items: Sequence[dict], *, blind: bo
         results["cost"]["blind"] = mean_cost(blind_records)
         results["wall_s"]["blind"] = time.time() - t0
         records += blind_records
+    sat = sat_items(items)
+    for name, blank in (("ranked", False), ("blind_ranked", True)):
+        if not rank or not sat or (blank and not blind):
+            continue
+        t0 = time.time()
+        ranked = runner.rank(answerer, sat, blind=blank, circular=circular)
+        results["runs"][name] = runner.aggregate(sat, ranked)
+        results["cost"][name] = mean_cost(ranked)
+        results["wall_s"][name] = time.time() - t0
+        records += [dict(r, variant=f"ranked_{r['variant']}") for r in ranked]
     if search is not None:
         from w2v_jax.eval.test_time import MindJourney
 

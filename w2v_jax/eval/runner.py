@@ -5,7 +5,9 @@
     results = aggregate(items, records)           # per suite: categories + summary
 
 ``answerer(prompts, max_new_tokens) -> [Answer]`` is anything with that call (``VLMAnswerer``,
-or a stub in tests). ``blind=True`` replaces every image by a uniform grey one of the same size
+or a stub in tests). ``rank(answerer, items)`` answers the SAT-format items by likelihood instead
+(``answerer.choice_logprobs``: the option the model finds most probable as its whole answer);
+its records aggregate the same way. ``blind=True`` replaces every image by a uniform grey one of the same size
 (the blind baseline: what the model gets from the text alone).
 
 Aggregation per suite (each category: ``n``, ``score``, ``se``, ``chance``):
@@ -45,27 +47,58 @@ def blank_images(images: Sequence) -> tuple:
     return tuple(np.full(load_image(im).shape, BLANK_VALUE, np.uint8) for im in images)
 
 
-def run(answerer, items: Sequence[dict], *, blind: bool = False, circular: bool = True
-        ) -> list[dict]:
-    """Ask every item (both option orders for SAT with ``circular``); one record per prompt."""
+def _prompts(items: Sequence[dict], blind: bool, circular: bool):
+    """``(item, prompt)`` pairs grouped by format (blank images when ``blind``)."""
     by_format = collections.defaultdict(list)
     for item in items:
         for p in formats.prompts(item, circular=circular):
             if blind:
                 p = formats.Prompt(p.item_id, p.variant, p.text, blank_images(p.images), p.choices)
             by_format[formats.format_of(item)].append((item, p))
-    records = []
-    for fmt, pairs in by_format.items():
-        answers = answerer([p for _, p in pairs], formats.MAX_NEW_TOKENS[fmt])
-        for (item, p), a in zip(pairs, answers):
-            scored = formats.score(item, a.text)
-            records.append(dict(
-                id=item["id"], suite=item["suite"], category=item["category"], variant=p.variant,
+    return by_format
+
+
+def _record(item: dict, p, response: str, blind: bool, **cost) -> dict:
+    return dict(id=item["id"], suite=item["suite"], category=item["category"], variant=p.variant,
                 blind=blind, prompt=p.text, choices=list(p.choices), answer=item["answer"],
-                response=a.text, **scored, prompt_tokens=a.prompt_tokens,
-                generated_tokens=a.generated_tokens, flops=a.flops, wall_s=a.wall_s))
+                response=response, **formats.score(item, response), **cost)
+
+
+def _in_item_order(items: Sequence[dict], records: list[dict]) -> list[dict]:
     order = {item["id"]: k for k, item in enumerate(items)}
     return sorted(records, key=lambda r: (order[r["id"]], r["variant"] != "plain"))
+
+
+def run(answerer, items: Sequence[dict], *, blind: bool = False, circular: bool = True
+        ) -> list[dict]:
+    """Ask every item (both option orders for SAT with ``circular``); one record per prompt."""
+    records = []
+    for fmt, pairs in _prompts(items, blind, circular).items():
+        answers = answerer([p for _, p in pairs], formats.MAX_NEW_TOKENS[fmt])
+        for (item, p), a in zip(pairs, answers):
+            records.append(_record(item, p, a.text, blind, prompt_tokens=a.prompt_tokens,
+                                   generated_tokens=a.generated_tokens, flops=a.flops,
+                                   wall_s=a.wall_s))
+    return _in_item_order(items, records)
+
+
+def rank(answerer, items: Sequence[dict], *, blind: bool = False, circular: bool = True
+         ) -> list[dict]:
+    """The SAT-format items answered by likelihood: each prompt's response is its choice with
+    the highest ``answerer.choice_logprobs`` (first on ties) and is scored by the SAT rule like a
+    generated one. Records as ``run``'s, plus ``choice_logprobs``; ``generated_tokens`` is 0 and
+    ``flops`` / ``wall_s`` cover one forward per choice. Items of other formats are skipped."""
+    pairs = _prompts(items, blind, circular).get("sat", [])
+    if not pairs:
+        return []
+    ranked = answerer.choice_logprobs([p for _, p in pairs])
+    records = []
+    for (item, p), r in zip(pairs, ranked):
+        best = p.choices[int(np.argmax(r.logprobs))]
+        records.append(_record(item, p, best, blind, prompt_tokens=r.tokens, generated_tokens=0,
+                               flops=r.flops, wall_s=r.wall_s,
+                               choice_logprobs=list(r.logprobs)))
+    return _in_item_order(items, records)
 
 
 def _mean_se(values, binary: bool) -> tuple[float, float]:

@@ -7,7 +7,9 @@ with MindJourney's search over the world model, SAT-format suites only) and ``bl
 [0, 1]; ``*_se`` is its standard error (binomial for accuracies, sample std / sqrt(n) otherwise;
 a macro's SE is sqrt(sum of the categories' SE^2) / k). ``flops_per_question`` and
 ``seconds_per_question`` are means over the SAT-like questions (analytic FLOPs of the VLM calls,
-plus the world model's for the search).
+plus the world model's for the search). ``sat_like_dynamic_macro_ranked`` (and
+``sat_like_ranked`` per category) score the same SAT-like questions by likelihood instead of
+generation (``eval.runner.rank``): the option the model finds most probable as its whole answer.
 """
 
 from __future__ import annotations
@@ -91,15 +93,29 @@ def row_metrics(runs: Mapping[str, Any], records: Sequence[dict] = (), blind: bo
     return row
 
 
+def ranked_metrics(runs: Mapping[str, Any], name: str = "ranked") -> dict:
+    """``sat_like_dynamic_macro_ranked`` (+ ``_se``, ``_circular``) and ``sat_like_ranked``
+    (per category) from the likelihood run ``runs[name]`` (``runner.rank``); {} without it."""
+    if name not in runs or SAT not in runs[name]:
+        return {}
+    row = row_metrics(runs[name])
+    out = {f"sat_like_dynamic_macro_ranked{k[len('sat_like_dynamic_macro'):]}": v
+           for k, v in row.items() if k.startswith("sat_like_dynamic_macro")}
+    out["sat_like_ranked"] = row["sat_like"]
+    return out
+
+
 def collect_rows(eval_dir: str, models: Sequence[str], *, search_model: str, blind_model: str
                  ) -> dict:
     """``{row: metrics}`` from ``eval_dir/<model>/`` (the evaluate stage's outputs)."""
     rows = {}
     for name in models:
         results, records = read_eval(eval_dir, name)
-        rows[name] = {**row_metrics(results["runs"]["model"], records), **_cost(records, False)}
+        rows[name] = {**row_metrics(results["runs"]["model"], records),
+                      **ranked_metrics(results["runs"]), **_cost(records, False)}
         if name == blind_model and "blind" in results["runs"]:
             rows["blind"] = {"of": name, **row_metrics(results["runs"]["blind"], records, True),
+                             **ranked_metrics(results["runs"], "blind_ranked"),
                              **_cost(records, True)}
         search = [k for k in results["runs"] if k.startswith("test_time_")]
         if name == search_model and search:
@@ -115,41 +131,44 @@ def collect_rows(eval_dir: str, models: Sequence[str], *, search_model: str, bli
 
 
 def targets(rows: Mapping[str, dict], label_fidelity: float | None) -> dict:
-    """The issue's targets, each ``{"value", "target", "met"}`` (None where a row is missing)."""
+    """The issue's targets, each ``{"value", "target", "met"}`` (None where a row is missing).
+    ``value`` is a fraction difference (a ratio for the FLOPs target, a fraction for the label
+    fidelity); ``target`` says the threshold in the units the markdown shows (points, ×, %)."""
     def get(row, key):
         return rows.get(row, {}).get(key)
 
     def entry(value, target, met):
         return {"value": value, "target": target, "met": None if value is None else bool(met)}
 
+    def diff(x, y):
+        return None if x is None or y is None else x - y
+
     out = {}
     w, b, t = (get(r, "sat_like_dynamic_macro") for r in ("world2vlm", "base", "test_time_search"))
-    out["sat_gain_vs_base"] = entry(None if w is None or b is None else w - b, ">= +0.15",
-                                    w is not None and b is not None and w - b >= 0.15)
-    out["sat_vs_test_time"] = entry(None if w is None or t is None else w - t, ">= 0",
-                                    w is not None and t is not None and w >= t)
+    gain = diff(w, b)
+    out["sat_gain_vs_base"] = entry(gain, ">= +15.0 points", gain is not None and gain >= 0.15)
+    out["sat_vs_test_time"] = entry(diff(w, t), ">= 0 points", diff(w, t) is not None and w >= t)
     fw, ft = get("world2vlm", "flops_per_question"), get("test_time_search", "flops_per_question")
     ratio = ft / fw if fw and ft else None
-    out["flops_ratio_test_time_over_world2vlm"] = entry(ratio, ">= 50",
+    out["flops_ratio_test_time_over_world2vlm"] = entry(ratio, ">= 50×",
                                                         ratio is not None and ratio >= 50)
     s = get("world2vlm_sft", "sat_like_dynamic_macro")
     for ablation in ("forward_only", "inverse_only"):
         a = get(ablation, "sat_like_dynamic_macro")
         # the ablations run SFT only: compared with World2VLM's SFT stage
-        out[f"bidirectional_vs_{ablation}"] = entry(
-            None if a is None or s is None else s - a, "> 0", a is not None and s is not None
-            and s > a)
+        out[f"bidirectional_vs_{ablation}"] = entry(diff(s, a), "> 0 points",
+                                                    diff(s, a) is not None and s > a)
     rg, rs = get("world2vlm", "tasks_mean_reward"), get("world2vlm_sft", "tasks_mean_reward")
-    out["grpo_tasks_reward_gain"] = entry(None if rg is None or rs is None else rg - rs, ">= 0",
-                                          rg is not None and rs is not None and rg >= rs)
-    out["grpo_sat_change"] = entry(None if w is None or s is None else w - s, ">= -0.02",
-                                   w is not None and s is not None and w - s >= -0.02)
-    out["label_fidelity"] = entry(label_fidelity, ">= 0.85",
+    out["grpo_tasks_reward_gain"] = entry(diff(rg, rs), ">= 0 points",
+                                          diff(rg, rs) is not None and rg >= rs)
+    out["grpo_sat_change"] = entry(diff(w, s), ">= -2.0 points",
+                                   diff(w, s) is not None and w - s >= -0.02)
+    out["label_fidelity"] = entry(label_fidelity, ">= 85 %",
                                   label_fidelity is not None and label_fidelity >= 0.85)
     for suite in ("vsi_like_overall", "mindcube_like_overall"):
         wv, bv = get("world2vlm", suite), get("base", suite)
-        out[f"{suite}_vs_base"] = entry(None if wv is None or bv is None else wv - bv, ">= 0",
-                                        wv is not None and bv is not None and wv >= bv)
+        out[f"{suite}_vs_base"] = entry(diff(wv, bv), ">= 0 points",
+                                        diff(wv, bv) is not None and wv >= bv)
     return out
 
 
@@ -167,6 +186,21 @@ def _secs(x) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
+def _category_table(rows: Mapping[str, dict], key: str, cats: Sequence[str], caption: str
+                    ) -> list[str]:
+    """Markdown lines: ``caption`` and one line per row holding ``key`` (category -> accuracy,
+    se); none when no row does."""
+    if not cats or not any(key in r for r in rows.values()):
+        return []
+    lines = ["", caption, "", "| row | " + " | ".join(cats) + " |", "|---" * (len(cats) + 1) + "|"]
+    for name, r in rows.items():
+        if key in r:
+            lines.append(f"| {name} | " + " | ".join(
+                _fmt(r[key][c]["accuracy"], r[key][c]["se"]) if c in r[key] else "–"
+                for c in cats) + " |")
+    return lines
+
+
 def markdown(summary: Mapping[str, Any]) -> str:
     """The results table (percent ± SE), the per-category SAT-like accuracies, the targets, the
     label fidelity and the stage times."""
@@ -174,26 +208,28 @@ def markdown(summary: Mapping[str, Any]) -> str:
     lines = [f"# {summary['title']}", "", summary.get("command", ""), "",
              "Accuracies, MRA and rewards in percent ± one standard error; FLOPs and seconds "
              "per SAT-like question.", "",
-             "| row | SAT-like dynamic | VSI-like | MindCube-like | tasks reward | FLOPs / q | "
-             "s / q |", "|---|---|---|---|---|---|---|"]
+             "| row | SAT-like dynamic | SAT-like ranked | VSI-like | MindCube-like | "
+             "tasks reward | FLOPs / q | s / q |", "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
+        ranked = _fmt(r.get("sat_like_dynamic_macro_ranked"),
+                      r.get("sat_like_dynamic_macro_ranked_se"))
         lines.append(
             f"| {name}"
             f" | {_fmt(r.get('sat_like_dynamic_macro'), r.get('sat_like_dynamic_macro_se'))}"
+            f" | {ranked}"
             f" | {_fmt(r.get('vsi_like_overall'), r.get('vsi_like_overall_se'))}"
             f" | {_fmt(r.get('mindcube_like_overall'), r.get('mindcube_like_overall_se'))}"
             f" | {_fmt(r.get('tasks_mean_reward'), r.get('tasks_mean_reward_se'))}"
             f" | {_sci(r.get('flops_per_question'))}"
             f" | {_secs(r.get('seconds_per_question'))} |")
     cats = sorted({c for r in rows.values() for c in r.get("sat_like", {})})
-    if cats:
-        lines += ["", "SAT-like accuracy per category (percent ± SE; chance 50):", "",
-                  "| row | " + " | ".join(cats) + " |", "|---" * (len(cats) + 1) + "|"]
-        for name, r in rows.items():
-            if "sat_like" in r:
-                lines.append(f"| {name} | " + " | ".join(
-                    _fmt(r["sat_like"][c]["accuracy"], r["sat_like"][c]["se"])
-                    if c in r["sat_like"] else "–" for c in cats) + " |")
+    lines += _category_table(rows, "sat_like", cats,
+                             "SAT-like accuracy per category (percent ± SE; chance 50):")
+    lines += _category_table(
+        rows, "sat_like_ranked", cats,
+        "SAT-like accuracy per category when the option is chosen by likelihood (`SAT-like "
+        "ranked`: the option the model finds most probable as its whole answer; percent ± SE; "
+        "chance 50):")
     lines += ["", f"Label fidelity of the world-model teacher on D1–D4: "
               f"{_fmt(summary.get('label_fidelity'))} %", "", "Targets:", "",
               "| target | value | wanted | met |", "|---|---|---|---|"]

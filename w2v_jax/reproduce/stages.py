@@ -15,7 +15,8 @@
   ablations  SFT from the base on the renderer package and on the two task subsets
   evaluate   held-out suites (scene seeds in [2**32, 2**33)) + the distillation eval split; one
              ``eval.evaluate`` per model (the base also with the test-time search, World2VLM
-             also blind), each written to ``evaluate/<model>/`` and skipped once there
+             also blind; every model also answers the SAT-like questions by option
+             likelihood), each written to ``evaluate/<model>/`` and skipped once there
   report     ``reproduce.rows``: the table, JSON, Markdown and pictures (``reproduce.report``)
   release    the world model and the two small VLMs as loadable directories with model cards
              (``reproduce.release``)
@@ -353,7 +354,7 @@ def evaluate(config, workdir: str) -> dict:
             teacher_obj = world_model_teacher(config, workdir)
         t0 = time.time()
         results, records = run_eval(model, tokenizer, runs.vlm_image_config(path), items,
-                                    blind=name == e.blind_model, search=search,
+                                    blind=name == e.blind_model, rank=True, search=search,
                                     teacher=teacher_obj,
                                     search_per_category=e.search.per_category,
                                     batch_size=e.batch_size,
