@@ -174,7 +174,8 @@ def test_markdown_lists_every_row_and_target():
     summary = {"title": "t", "command": "cmd", "rows": rows, "label_fidelity": 0.9,
                "targets": report.targets(rows, 0.9), "stage_seconds": {"sft": 12.0}}
     md = report.markdown(summary)
-    assert "| base | 50.0 ± 5.0 | – |" in md and "| world2vlm | 75.0 ± 4.3 | 90.0 ± 3.0 |" in md
+    assert "| base | 50.0 ± 5.0 | – |" in md
+    assert "| world2vlm | 75.0 ± 4.3 | 90.0 ± 3.0 |" in md
     ranked_table = md[md.index("chosen by likelihood"):]
     assert "| world2vlm | 90.0 ± 3.0 |" in ranked_table and "| base |" not in ranked_table
     assert "| sat_gain_vs_base | +25.0 | >= +15.0 points | yes |" in md
@@ -219,5 +220,12 @@ def test_the_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path):
         work, "base", "align")
     model, tok = runs.load_vlm(os.path.join(work, "release", "world2vlm_small"))
     assert runs.vlm_image_config(os.path.join(work, "release", "world2vlm_small"))
-    runs.load_world_model(os.path.join(work, "release", "world_model_small"))
+    released_wm = os.path.join(work, "release", "world_model_small")
+    runs.load_world_model(released_wm)
+    step = os.listdir(os.path.join(released_wm, "checkpoints"))[0]
+    with open(os.path.join(released_wm, "README.md")) as f:  # the card names the step released
+        assert f"training step {step}." in f.read()
+    with open(os.path.join(work, "release", "world2vlm_small", "README.md")) as f:
+        assert "options ranked by likelihood" in f.read()
+    assert "sat_like_dynamic_macro_ranked" in summary["rows"]["world2vlm"]
     assert pipeline.run(c, work) == {}

@@ -24,7 +24,8 @@ RELEASED = "results/models"
 WORLD_MODEL_CARD = (
     "Camera-conditioned flow-matching DiT (w2v_jax.models.world_model, preset `small`, "
     "self-conditioned) trained from scratch on posed clips of procedural rooms at 32 px "
-    "(data_gen.render_clips: 500 scenes, seed 2024), 4,000 steps of batch 32. Load with "
+    "(data_gen.render_clips: 500 scenes, seed 2024), batch 32 for up to 4,000 steps in a 38-min "
+    "wall budget (the step reached is named below). Load with "
     "`w2v_jax.train.runs.load_world_model(DIR)`; sample with `w2v_jax.models.world_model.imagine` "
     "(euler, 3 steps, cfg 1.5 as used here). Held-out quality: results/world_model_small.md.")
 BASE_CARD = (

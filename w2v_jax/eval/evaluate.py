@@ -5,14 +5,14 @@ reproduction pipeline report).
     results, records = evaluate(model, tokenizer, image_config, items, blind=True,
                                 search=SearchConfig(scorer="vlm"), teacher=teacher)
 
-``results``: ``{"runs": {"model": aggregate, ["blind": ...], ["ranked": ...], ["blind_ranked":
-...], ["test_time_<scorer>": ...]},
-"hygiene", "cost": {run: mean cost per question}, "wall_s": {run: seconds}}`` (aggregates as
-``runner.aggregate``); ``records``: one per prompt (``variant`` "plain" / "reversed" /
-"test_time"; "ranked_plain" / "ranked_reversed" for ``rank``; ``blind`` flag). ``rank`` adds
-the SAT-format items answered by likelihood (``runner.rank``: the option the model finds most
-probable), for the model and, with ``blind``, for the blank images. Costs: ``prompt_tokens``, ``generated_tokens``, ``flops`` (analytic,
-``cost.vlm_flops``) and ``wall_s`` per plain question; the search adds its world-model and VLM
+``results``: ``{"runs": {"model": aggregate, ["blind": ...], ["ranked": ...],
+["blind_ranked": ...], ["test_time_<scorer>": ...]}, "hygiene", "cost": {run: mean cost per
+question}, "wall_s": {run: seconds}}`` (aggregates as ``runner.aggregate``); ``records``: one per
+prompt (``variant`` "plain" / "reversed" / "test_time", "ranked_plain" / "ranked_reversed";
+``blind`` flag). ``rank`` adds the SAT-format items answered by likelihood (``runner.rank``: the
+option the model finds most probable), for the model and, with ``blind``, for the blank images.
+Costs: ``prompt_tokens``, ``generated_tokens``, ``flops`` (analytic, ``cost.vlm_flops``) and
+``wall_s`` per plain question; the search adds its world-model and VLM
 calls and FLOPs and the ratios to plain inference on the same questions.
 """
 

@@ -7,8 +7,8 @@
 ``answerer(prompts, max_new_tokens) -> [Answer]`` is anything with that call (``VLMAnswerer``,
 or a stub in tests). ``rank(answerer, items)`` answers the SAT-format items by likelihood instead
 (``answerer.choice_logprobs``: the option the model finds most probable as its whole answer);
-its records aggregate the same way. ``blind=True`` replaces every image by a uniform grey one of the same size
-(the blind baseline: what the model gets from the text alone).
+its records aggregate the same way. ``blind=True`` replaces every image by a uniform grey one of
+the same size (the blind baseline: what the model gets from the text alone).
 
 Aggregation per suite (each category: ``n``, ``score``, ``se``, ``chance``):
   sat       score = accuracy on the stored option order; ``circular`` = both orders right;

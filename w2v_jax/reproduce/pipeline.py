@@ -148,13 +148,16 @@ def _card(title: str, body: str, summary: dict, rows: tuple[str, ...]) -> str:
              "(w2v_jax, experiments/configs/reproduce.py).", ""]
     for name in rows:
         r = summary["rows"].get(name)
-        if r:
-            lines.append(f"- {name}: SAT-like dynamic macro "
-                         f"{100 * r['sat_like_dynamic_macro']:.1f} ± "
-                         f"{100 * r['sat_like_dynamic_macro_se']:.1f} %, VSI-like "
-                         f"{100 * r.get('vsi_like_overall', 0):.1f} %, MindCube-like "
-                         f"{100 * r.get('mindcube_like_overall', 0):.1f} %, task reward "
-                         f"{r.get('tasks_mean_reward', 0):.3f}")
+        if not r:
+            continue
+        sat = (f"SAT-like dynamic macro {100 * r['sat_like_dynamic_macro']:.1f} ± "
+               f"{100 * r['sat_like_dynamic_macro_se']:.1f} %")
+        if "sat_like_dynamic_macro_ranked" in r:
+            ranked = 100 * r["sat_like_dynamic_macro_ranked"]
+            sat += f" (options ranked by likelihood: {ranked:.1f} %)"
+        lines.append(f"- {name}: {sat}, VSI-like {100 * r.get('vsi_like_overall', 0):.1f} %, "
+                     f"MindCube-like {100 * r.get('mindcube_like_overall', 0):.1f} %, task reward "
+                     f"{r.get('tasks_mean_reward', 0):.3f}")
     return "\n".join(lines) + "\n"
 
 

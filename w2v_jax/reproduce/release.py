@@ -43,8 +43,10 @@ def release_world_model(workdir: str, out: str, card: str) -> dict:
             ckpt.wait()
         finally:
             ckpt.close()
-        fileio.atomic_write(os.path.join(tmp, "README.md"), card)
-    return {"path": os.path.abspath(out), "bytes": dir_bytes(out)}
+        fileio.atomic_write(os.path.join(tmp, "README.md"),
+                            f"{card.rstrip()}\n\nReleased: the parameters at training step "
+                            f"{int(step)}.\n")
+    return {"path": os.path.abspath(out), "bytes": dir_bytes(out), "step": int(step)}
 
 
 def preprocessor_config(image_config) -> dict:
