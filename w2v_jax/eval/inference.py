@@ -192,11 +192,11 @@ def _answer_logprob(graphdef, state, batch):
     import jax.numpy as jnp
     from flax import nnx
 
-    from w2v_jax.train.losses.sft import sft_hidden, sft_targets
+    from w2v_jax.models.vlm.batch import batch_hidden_states, next_token_targets
 
     model = nnx.view(nnx.merge(graphdef, state), deterministic=True, raise_if_not_found=False)
-    hidden = sft_hidden(model, batch)[:, :-1]
-    targets, weights = sft_targets(batch)
+    hidden = batch_hidden_states(model, batch)[:, :-1]
+    targets, weights = next_token_targets(batch)
     logp = jax.nn.log_softmax(model.logits(hidden).astype(jnp.float32), axis=-1)
     picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     return jnp.sum(picked * weights, axis=1)

@@ -38,7 +38,8 @@ def image_use(model, batches: Iterable[Mapping[str, Any]]) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from w2v_jax.train.losses.sft import encode_batch_images, sft_loss
+    from w2v_jax.models.vlm.batch import encode_batch_images
+    from w2v_jax.train.losses.sft import sft_loss
 
     key = jax.random.PRNGKey(0)
 

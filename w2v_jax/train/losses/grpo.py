@@ -43,7 +43,7 @@ import numpy as np
 from flax import nnx
 
 from w2v_jax.train.losses.registry import register_loss
-from w2v_jax.train.losses.sft import sft_hidden
+from w2v_jax.models.vlm.batch import batch_hidden_states
 
 LOG_RATIO_CLAMP = 20.0  # |logp - old| and |ref - logp| are clamped to this before exp
 KL_CLAMP = 10.0  # k3 is clamped to [-10, 10] (EasyR1 hard-codes it)
@@ -125,7 +125,7 @@ def response_logprobs(model, batch: Mapping[str, Any]) -> jax.Array:
     total, steps = ids.shape[1], batch["response_mask"].shape[1]
     if steps >= total:
         raise ValueError(f"grpo batch: response length {steps} >= sequence length {total}")
-    hidden = sft_hidden(model, batch)[:, total - steps - 1: total - 1]
+    hidden = batch_hidden_states(model, batch)[:, total - steps - 1: total - 1]
     logits = model.logits(hidden).astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     return jnp.take_along_axis(logp, ids[:, total - steps:, None], axis=-1)[..., 0]
