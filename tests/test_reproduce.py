@@ -182,6 +182,14 @@ def test_markdown_lists_every_row_and_target():
     assert "sft 12" in md
 
 
+def test_sheet_text_is_wrapped_and_control_characters_are_drawn_as_question_marks():
+    text = report._wrap("<image>move\x17 left " + "word " * 60, width=20, lines=3)
+    assert all(c.isprintable() or c == "\n" for c in text)
+    assert text.startswith("move? left")
+    lines = text.split("\n")
+    assert len(lines) == 3 and lines[-1].endswith(" …")
+
+
 def test_examples_round_trip_with_their_images_and_answers(tmp_path):
     items = [{"id": f"s{k}", "suite": "sat_like", "category": c, "question": "q?",
               "choices": ["a", "b"], "answer": "a", "meta": {}, "images": [b"\x89PNG" + bytes([k])]}

@@ -356,9 +356,12 @@ def plot_reward_curve(metrics: Sequence[Mapping[str, Any]], path: str, *,
 
 
 def _wrap(text: str, width: int = 46, lines: int = 5) -> str:
+    """``text`` in at most ``lines`` lines of ``width``; control characters (an untrained model
+    can emit any byte) drawn as ``?``, which the font has."""
     import textwrap
 
-    out = textwrap.wrap(" ".join(text.replace("<image>", "").split()), width)
+    text = "".join(c if c.isprintable() else "?" for c in text.replace("<image>", ""))
+    out = textwrap.wrap(" ".join(text.split()), width)
     return "\n".join(out[:lines]) + (" …" if len(out) > lines else "")
 
 
