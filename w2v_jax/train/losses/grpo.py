@@ -42,8 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from w2v_jax.train.losses.registry import register_loss
 from w2v_jax.models.vlm.batch import batch_hidden_states
+from w2v_jax.train.losses.registry import register_loss
 
 LOG_RATIO_CLAMP = 20.0  # |logp - old| and |ref - logp| are clamped to this before exp
 KL_CLAMP = 10.0  # k3 is clamped to [-10, 10] (EasyR1 hard-codes it)
